@@ -1,0 +1,11 @@
+"""fcvit: FCViT and other convolutional spatial mixers for the timm ecosystem.
+
+``import fcvit`` registers every model with timm: ``timm.create_model("fcvit_b12")``.
+"""
+
+from . import layers, models
+from .models import FCViT, IsoFCViT, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["FCViT", "IsoFCViT", "layers", "list_models", "models", "__version__"]
