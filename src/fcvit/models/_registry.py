@@ -10,6 +10,7 @@ from timm.models import register_model as _timm_register_model
 F = TypeVar("F", bound=Callable)
 
 _PROJECT_MODELS: list[str] = []
+_PAPER_FIGURES: dict[str, dict[str, float | None]] = {}
 
 
 def register_model(fn: F) -> F:
@@ -21,3 +22,13 @@ def register_model(fn: F) -> F:
 def list_models() -> list[str]:
     """Names of every model this package registers with timm, in registration order."""
     return list(_PROJECT_MODELS)
+
+
+def register_paper_figures(figures: dict[str, dict[str, float | None]]) -> None:
+    """Record published figures (``params_m``, ``gmacs``, ``top1``) of models, for ``fcvit models``."""
+    _PAPER_FIGURES.update(figures)
+
+
+def paper_figures(name: str) -> dict[str, float | None]:
+    """The published figures recorded for ``name`` (empty if none)."""
+    return dict(_PAPER_FIGURES.get(name, {}))

@@ -28,7 +28,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
-from ._registry import register_model
+from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
 
@@ -565,14 +565,16 @@ MODEL_ARGS: dict[str, dict[str, Any]] = {
 }
 
 # Figures printed in the paper (Tables 1 and 2): params (M), GFLOPs (counted as MACs), ImageNet top-1.
-PAPER_FIGURES: dict[str, dict[str, float | None]] = {
-    "fcvit_tiny": dict(params_m=4.6, gmacs=0.8, top1=74.9),
-    "fcvit_b12": dict(params_m=14.0, gmacs=2.5, top1=80.9),
-    "fcvit_b24": dict(params_m=25.7, gmacs=4.7, top1=82.5),
-    "fcvit_b48": dict(params_m=49.1, gmacs=None, top1=None),
-    "iso_fcvit_256_12": dict(params_m=8.2, gmacs=1.4, top1=75.0),
-    "iso_fcvit_384_16": dict(params_m=23.2, gmacs=4.0, top1=80.3),
-}
+register_paper_figures(
+    {
+        "fcvit_tiny": dict(params_m=4.6, gmacs=0.8, top1=74.9),
+        "fcvit_b12": dict(params_m=14.0, gmacs=2.5, top1=80.9),
+        "fcvit_b24": dict(params_m=25.7, gmacs=4.7, top1=82.5),
+        "fcvit_b48": dict(params_m=49.1, gmacs=None, top1=None),
+        "iso_fcvit_256_12": dict(params_m=8.2, gmacs=1.4, top1=75.0),
+        "iso_fcvit_384_16": dict(params_m=23.2, gmacs=4.0, top1=80.3),
+    }
+)
 
 
 def _create(variant: str, cls: type[nn.Module], pretrained: bool = False, **kwargs) -> nn.Module:

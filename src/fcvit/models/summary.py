@@ -9,8 +9,7 @@ import json
 import timm
 
 from ..bench.profile import count_gmacs, count_params
-from ._registry import list_models
-from .fcvit import PAPER_FIGURES
+from ._registry import list_models, paper_figures
 
 
 def model_table(pattern: str = "*", img_size: int = 224) -> list[dict]:
@@ -20,7 +19,7 @@ def model_table(pattern: str = "*", img_size: int = 224) -> list[dict]:
         if not fnmatch.fnmatch(name, pattern):
             continue
         model = timm.create_model(name)
-        paper = PAPER_FIGURES.get(name, {})
+        paper = paper_figures(name)
         rows.append(
             dict(
                 model=name,
