@@ -10,7 +10,11 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("fcvit.models.summary",)
+COMMAND_MODULES = (
+    "fcvit.models.summary",
+    "fcvit.analysis.cli",
+    "fcvit.dense.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,7 @@
 """Building blocks: token mixers (spatial), channel mixers and the global context of FCViT."""
 
+from .acmix import ACmix
+from .attention import ATTENTION_ACTIVATIONS, Attention2d, DepthwiseAttention2d, attention_activation
 from .channel_mixer import ChannelMixer
 from .depthwise import DepthwiseConv2d
 from .fcvit_mixer import FCViTMixer, MixingRound
@@ -7,6 +9,11 @@ from .global_context import GlobalContext
 from .registry import create_token_mixer, list_token_mixers, register_token_mixer
 
 __all__ = [
+    "ACmix",
+    "ATTENTION_ACTIVATIONS",
+    "Attention2d",
+    "DepthwiseAttention2d",
+    "attention_activation",
     "ChannelMixer",
     "DepthwiseConv2d",
     "FCViTMixer",

@@ -195,7 +195,9 @@ class _FCViTBase(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Accept the official layout as released (timm's checkpoint_path route applies no filter).
         own = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
-        state_dict.update({prefix + k: v for k, v in checkpoint_filter_fn(own, self).items()})
+        own = checkpoint_filter_fn(own, self)
+        check_state_dict_shapes(own, self)
+        state_dict.update({prefix + k: v for k, v in own.items()})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -544,12 +546,18 @@ def check_state_dict_shapes(state_dict: dict[str, torch.Tensor], model: nn.Modul
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm filter for FCViT weights: official layout -> ours, then a shape check with readable errors."""
+    """timm filter for FCViT weights: official layout -> ours; fresh feature norms where the checkpoint has none.
+
+    Shapes are checked when the weights are loaded (``_load_from_state_dict``), after timm has adapted
+    the first conv to ``in_chans`` and dropped a classifier of another class count.
+    """
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     if is_official_state_dict(state_dict):
         state_dict = convert_official_state_dict(state_dict)
-    check_state_dict_shapes(state_dict, model)
+    if getattr(model, "feature_norms", None) is not None and not any(k.startswith("feature_norms.") for k in state_dict):
+        # Classification checkpoints have no per-stage output norms: they start fresh (weight 1, bias 0).
+        state_dict = {**state_dict, **{f"feature_norms.{k}": v for k, v in model.feature_norms.state_dict().items()}}
     return state_dict
 
 

@@ -1,0 +1,81 @@
+"""Images and data sets to analyse, prepared with the model's own eval transform (timm data config)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+# Photographs bundled with scikit-image (no download), for ``--demo``.
+DEMO_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def demo_images() -> list[tuple[str, Image.Image]]:
+    """(name, RGB image) for each of :data:`DEMO_IMAGES`."""
+    import skimage.data
+
+    return [(name, Image.fromarray(getattr(skimage.data, name)()).convert("RGB")) for name in DEMO_IMAGES]
+
+
+def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
+    """(file stem, RGB image) for each path; a clear error for a missing or unreadable file."""
+    images = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path!r} does not exist")
+        try:
+            with Image.open(path) as img:
+                images.append((os.path.splitext(os.path.basename(path))[0], img.convert("RGB")))
+        except OSError as e:
+            raise ValueError(f"cannot read image {path!r}: {e}") from e
+    return images
+
+
+def gather_images(paths: list[str], demo: bool) -> list[tuple[str, Image.Image]]:
+    """The images of a command: the files given, plus the demo photographs with ``--demo``."""
+    images = load_images(paths) + (demo_images() if demo else [])
+    if not images:
+        raise ValueError("no images: give image files or --demo")
+    return images
+
+
+def eval_transform(cfg: dict[str, Any]):
+    """timm's eval transform (resize, center crop, normalise) for a data config."""
+    from timm.data import create_transform
+
+    return create_transform(**cfg, is_training=False)
+
+
+def to_display(x: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
+    """Undo the normalisation of one input [C, H, W] into an [H, W, C] array in [0, 1] for plotting."""
+    mean = torch.tensor(cfg["mean"]).view(-1, 1, 1)
+    std = torch.tensor(cfg["std"]).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def build_dataset(data: str, cfg: dict[str, Any], limit: int | None = None) -> Dataset:
+    """``fashion-mnist`` (its test split, grey made RGB) or an image folder (its ``val/`` subfolder if any).
+
+    Items are ``(input tensor, label)`` through the eval transform of ``cfg``; ``limit`` keeps the first N.
+    """
+    from torchvision import transforms
+
+    transform = eval_transform(cfg)
+    if data == "fashion-mnist":
+        from ..data.fashion_mnist import FashionMNIST
+
+        grey_to_rgb = transforms.Grayscale(num_output_channels=cfg["input_size"][0])
+        return FashionMNIST("test", transform=transforms.Compose([grey_to_rgb, transform]), limit=limit)
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"data folder {data!r} does not exist (give a folder of images or 'fashion-mnist')")
+    from timm.data import create_dataset
+
+    dataset = create_dataset("", root=data, split="validation")
+    if len(dataset) == 0:
+        raise ValueError(f"data folder {data!r} holds no images")
+    dataset.transform = transform
+    return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset

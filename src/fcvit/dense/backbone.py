@@ -1,0 +1,73 @@
+"""FCViT as a dense-prediction backbone: timm ``features_only`` stage maps through torchvision's FPN.
+
+``timm.create_model(name, features_only=True)`` gives the four stage maps (reductions 4, 8, 16, 32),
+each through its own GroupNorm(1) as in the official detection/segmentation backbone. A
+classification checkpoint (the official release's or ours) initialises it through timm's
+``pretrained_cfg_overlay=dict(file=...)``; the per-stage norms, absent from classification
+checkpoints, start fresh. Built without a checkpoint, layer scale starts at 1e-6 as the official
+dense backbone does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+__all__ = ["FCViTFPN", "create_feature_backbone", "normalization"]
+
+
+def create_feature_backbone(
+    model_name: str = "fcvit_b12", checkpoint: str | os.PathLike | None = None, **model_kwargs: Any
+) -> nn.Module:
+    """The four normed stage maps of ``model_name`` (``.feature_info.channels()``), from ``checkpoint`` if given.
+
+    ``model_kwargs`` go to the model constructor (e.g. ``depths``/``dims`` for a small custom FCViT).
+    """
+    import fcvit  # noqa: F401  (registers the models with timm)
+
+    model_kwargs.setdefault("layer_scale_init_value", 1e-6)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
+        model_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    return timm.create_model(model_name, features_only=True, **model_kwargs)
+
+
+def normalization(model_name: str) -> tuple[list[float], list[float]]:
+    """(mean, std) of ``model_name``'s pretraining, from its timm pretrained config (ImageNet's for FCViT)."""
+    import fcvit  # noqa: F401  (registers the models with timm)
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None:
+        return list(timm.data.IMAGENET_DEFAULT_MEAN), list(timm.data.IMAGENET_DEFAULT_STD)
+    return list(cfg.mean), list(cfg.std)
+
+
+class FCViTFPN(nn.Module):
+    """Stage maps C2..C5 -> torchvision ``FeaturePyramidNetwork`` -> P2..P5 (and P6 by max-pool if ``extra_pool``).
+
+    Returns an ``OrderedDict`` keyed ``"0".."3"`` (and ``"pool"``), the layout torchvision's detection
+    heads (``MultiScaleRoIAlign(["0", "1", "2", "3"])``) expect; ``out_channels`` is the FPN width.
+    Mask R-CNN uses P2..P6 (mmdetection's FPN with ``num_outs=5``), Semantic FPN P2..P5.
+    """
+
+    def __init__(self, body: nn.Module, out_channels: int = 256, extra_pool: bool = True):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(
+            body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool() if extra_pool else None
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        features = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))

@@ -1,0 +1,244 @@
+"""``fcvit dense make-data``, ``fcvit det train|eval|predict`` and ``fcvit seg train|eval|predict``.
+
+Training flags are the fields of :class:`~fcvit.dense.config.DetConfig` / :class:`~fcvit.dense.config.SegConfig`
+(``--lr``, ``--train-sizes 480 512``, ``--model-kwargs '{"depths": [1, 1, 1, 1]}'``). Precedence, lowest
+first: the paper's defaults, ``--preset``, ``--config FILE.yaml``, flags given. ``--resume RUN_DIR``
+continues a run from its ``last.pth`` with its ``config.json`` (flags given still override, e.g. more epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, CanvasConfig, DetConfig, SegConfig
+
+TASKS = {"det": DetConfig, "seg": SegConfig}
+TASK_HELP = {"det": "Mask R-CNN detection / instance segmentation", "seg": "Semantic FPN semantic segmentation"}
+
+
+def _flag_spec(hint: Any) -> dict[str, Any]:
+    """argparse keywords for a config field's type hint (``X | None`` as ``X``)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+        args = list(typing.get_args(hint))
+    if hint is bool:
+        return dict(action=argparse.BooleanOptionalAction)
+    if typing.get_origin(hint) is tuple:
+        return dict(nargs="+", type=args[0])
+    if typing.get_origin(hint) is dict:
+        return dict(type=json.loads, metavar="JSON")
+    return dict(type=hint)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "recipe (defaults: the paper's)") -> None:
+    """One ``--field-name`` flag per field of the dataclass ``cls``; absent flags stay absent (SUPPRESS)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=f"default: {default}",
+            **_flag_spec(hints[f.name]),
+        )
+
+
+def build_config(task: str, args: argparse.Namespace, base: dict[str, Any] | None = None):
+    """The task's config: ``base`` (a resumed run's) or defaults + ``--preset`` + ``--config`` YAML; then flags."""
+    cls = TASKS[task]
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = dict(base or {})
+    if base is None and args.preset:
+        values.update(PRESETS[task][args.preset])
+    if base is None and args.config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        unknown = set(loaded) - names
+        if unknown:
+            raise ValueError(f"{args.config}: unknown {task} config keys {sorted(unknown)}; known: {sorted(names)}")
+        values.update(loaded)
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    hints = typing.get_type_hints(cls)
+    for k, v in values.items():  # JSON/YAML give lists where the config holds tuples
+        if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
+            values[k] = tuple(v)
+    return cls(**values)
+
+
+def _make_task(task: str, cfg):
+    if task == "det":
+        from .detection import DetectionTask
+
+        return DetectionTask(cfg)
+    from .segmentation import SegmentationTask
+
+    return SegmentationTask(cfg)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..train.distributed import broadcast_object, init_distributed
+
+    info = init_distributed(args.device)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.json there (is it a run directory?)")
+        cfg = build_config(args.task, args, base=json.loads((run_dir / "config.json").read_text()))
+    else:
+        cfg = build_config(args.task, args)
+        if not cfg.data_dir:
+            raise SystemExit(f"fcvit {args.task} train: --data-dir is required")
+        name = args.name or f"{args.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.output) / broadcast_object(name)
+        if (run_dir / "last.pth").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --name")
+    from .engine import train
+
+    summary = train(
+        _make_task(args.task, cfg), run_dir, bool(args.resume), str(info.device), args.eval_before, args.log_interval
+    )
+    if info.is_main:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    """(config, model on device, class names, device) from the checkpoint or run directory ``args.checkpoint``."""
+    import torch
+
+    from ..train.distributed import init_distributed
+    from .engine import load_trained
+
+    config, ckpt = load_trained(args.checkpoint, args.task)
+    cfg = TASKS[args.task](**config)
+    if getattr(args, "data_dir", None):
+        cfg.data_dir = args.data_dir
+    if args.task == "det":
+        from .detection import model_from_config
+    else:
+        from .segmentation import model_from_config
+    model = model_from_config(cfg, checkpoint=None)
+    model.load_state_dict(ckpt["model"])
+    device = init_distributed(args.device).device
+    model.to(device).eval()
+    torch.set_grad_enabled(False)
+    return cfg, model, ckpt["class_names"], device
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    cfg, model, _names, device = _load(args)
+    if args.task == "det":
+        from .data import CocoInstances
+        from .detection import DetectionTask, coco_transforms, evaluate_detection
+
+        dataset = CocoInstances(cfg.data_dir, args.split, coco_transforms(train=False))
+        loader = DataLoader(dataset, 1, collate_fn=DetectionTask.collate)
+        metrics = evaluate_detection(model, loader, device, dataset, cfg.test_size)
+    else:
+        from .backbone import normalization
+        from .data import SemanticSegmentation
+        from .segmentation import ImageTransform, evaluate_segmentation
+
+        mean, std = normalization(cfg.model)
+        dataset = SemanticSegmentation(
+            cfg.data_dir, args.split, ImageTransform(cfg.test_size, mean, std), cfg.reduce_zero_label
+        )
+        metrics = evaluate_segmentation(model, DataLoader(dataset, 1), device, cfg.num_classes)
+    result = dict(
+        checkpoint=str(args.checkpoint), data_dir=cfg.data_dir, split=args.split, images=len(dataset), **metrics
+    )
+    print(json.dumps(result, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .data import list_images
+
+    cfg, model, names, device = _load(args)
+    files = list_images(args.images)
+    if args.task == "det":
+        from .detection import predict_detection
+
+        written = predict_detection(model, files, args.out, names, cfg.test_size, device, args.score_threshold)
+    else:
+        from .backbone import normalization
+        from .segmentation import predict_segmentation
+
+        mean, std = normalization(cfg.model)
+        written = predict_segmentation(model, files, args.out, cfg.num_classes, cfg.test_size, mean, std, device)
+    print(f"wrote {len(written)} PNG files to {args.out}")
+    return 0
+
+
+def run_make_data(args: argparse.Namespace) -> int:
+    from .data import make_dense_dataset
+
+    cfg = CanvasConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CanvasConfig) if f.name in args})
+    summary = make_dense_dataset(args.out, args.num_train, args.num_val, cfg, args.seed, args.fashion_root, True)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
+    p.set_defaults(task=task)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("dense", help="dense-prediction data: generate Fashion-MNIST-on-canvas datasets")
+    sub = p.add_subparsers(dest="dense_command", required=True, metavar="ACTION")
+    m = sub.add_parser("make-data", help="write COCO-format instances and ADE20K-layout label maps")
+    m.add_argument("out", help="output directory (gets coco/ and ade/)")
+    m.add_argument("--num-train", type=int, default=200)
+    m.add_argument("--num-val", type=int, default=50)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--fashion-root", default=None, help="Fashion-MNIST root (default: the system copy)")
+    add_config_flags(m, CanvasConfig, "canvases")
+    m.set_defaults(func=run_make_data)
+
+    for task, cls in TASKS.items():
+        t = subparsers.add_parser(task, help=TASK_HELP[task])
+        actions = t.add_subparsers(dest=f"{task}_command", required=True, metavar="ACTION")
+        tr = actions.add_parser("train", help=f"train ({TASK_HELP[task]})")
+        tr.add_argument("--output", default="runs", help="parent of the run directory")
+        tr.add_argument("--name", default=None, help=f"run directory name (default: {task}-MODEL-TIMESTAMP)")
+        tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+        tr.add_argument("--preset", choices=sorted(PRESETS[task]), default=None, help="a small recipe (CPU demo)")
+        tr.add_argument("--config", default=None, help="YAML file of recipe fields")
+        tr.add_argument("--eval-before", action="store_true", help="evaluate once before training (row 0)")
+        tr.add_argument("--log-interval", type=int, default=20)
+        _common(tr, task)
+        add_config_flags(tr, cls)
+        tr.set_defaults(func=run_train)
+
+        ev = actions.add_parser("eval", help="evaluate a checkpoint (COCO AP / mIoU)")
+        ev.add_argument("checkpoint", help="a .pth written by train, or a run directory (its best.pth)")
+        ev.add_argument("--data-dir", default=None, help="dataset root (default: the one trained on)")
+        ev.add_argument("--split", default="val")
+        ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
+        _common(ev, task)
+        ev.set_defaults(func=run_eval)
+
+        pr = actions.add_parser("predict", help="write overlay PNGs for images")
+        pr.add_argument("checkpoint", help="a .pth written by train, or a run directory (its best.pth)")
+        pr.add_argument("images", nargs="+", help="image files or directories")
+        pr.add_argument("--out", required=True, help="output directory for the PNGs")
+        if task == "det":
+            pr.add_argument("--score-threshold", type=float, default=0.5)
+        _common(pr, task)
+        pr.set_defaults(func=run_predict)

@@ -1,0 +1,237 @@
+"""Mask R-CNN (He et al., 2017) with an FCViT + FPN backbone, on torchvision's detection models.
+
+The backbone is :class:`~fcvit.dense.backbone.FCViTFPN` (FCViT's normed stage maps, torchvision's FPN
+with a max-pooled P6, as mmdetection's ``FPN(num_outs=5)``); RPN, RoI heads, box and mask heads are
+torchvision's ``MaskRCNN``. Labels are COCO ``category_id`` values with 0 for background.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+from .backbone import FCViTFPN, create_feature_backbone, normalization
+from .config import DetConfig
+from .data import CocoInstances
+from .metrics import coco_evaluate, detections_to_coco, gather_lists
+
+__all__ = ["DetConfig", "DetectionTask", "build_mask_rcnn", "set_image_sizes"]
+
+
+def build_mask_rcnn(
+    num_classes: int,
+    model: str = "fcvit_b12",
+    checkpoint: str | os.PathLike | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
+    representation_size: int = 1024,
+    train_sizes: tuple[int, ...] = (800,),
+    max_size: int = 1333,
+    **rcnn_kwargs: Any,
+) -> MaskRCNN:
+    """torchvision ``MaskRCNN`` on an FCViT + FPN backbone (``num_classes`` includes background).
+
+    ``fpn_channels`` sets the FPN, RoI and mask-head width (torchvision's 256 by default),
+    ``representation_size`` the box head's; ``rcnn_kwargs`` go to ``MaskRCNN`` (RPN/RoI sampling, ...).
+    """
+    body = create_feature_backbone(model, checkpoint, **(model_kwargs or {}))
+    backbone = FCViTFPN(body, fpn_channels, extra_pool=True)
+    mean, std = normalization(model)
+    return MaskRCNN(
+        backbone,
+        min_size=tuple(train_sizes),
+        max_size=max_size,
+        image_mean=mean,
+        image_std=std,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
+        mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
+        **rcnn_kwargs,
+    )
+
+
+def set_image_sizes(model: MaskRCNN, sizes: tuple[int, ...]) -> None:
+    """Shorter-side sizes the model's transform resizes to: drawn per image in training, the last at test."""
+    model.transform.min_size = tuple(sizes)
+
+
+def coco_transforms(train: bool):
+    """Flip (training) and float conversion; resizing is MaskRCNN's own (``min_size``/``max_size``)."""
+    from torchvision.transforms import v2
+
+    flip = [v2.RandomHorizontalFlip(0.5)] if train else []
+    return v2.Compose([v2.ToImage(), *flip, v2.ToDtype(torch.float32, scale=True)])
+
+
+def class_names_of(dataset: CocoInstances, num_classes: int) -> list[str]:
+    """Name of every label 0..num_classes-1 (0 = background; ids without a category by number)."""
+    return ["background"] + [dataset.categories.get(i, str(i)) for i in range(1, num_classes)]
+
+
+class DetectionTask:
+    """Mask R-CNN on a COCO-format dataset for :func:`fcvit.dense.engine.train`."""
+
+    name = "det"
+    main_metric = "bbox_AP"
+    panels = {
+        "train loss": ["train_loss"],
+        "box AP": ["bbox_AP", "bbox_AP50", "bbox_AP75"],
+        "mask AP": ["segm_AP", "segm_AP50", "segm_AP75"],
+    }
+
+    def __init__(self, cfg: DetConfig):
+        self.cfg = cfg
+        self.train_set = CocoInstances(cfg.data_dir, "train", coco_transforms(train=True), drop_crowd=True)
+        self.val_set = CocoInstances(cfg.data_dir, "val", coco_transforms(train=False))
+        if cfg.num_classes is None:
+            cfg.num_classes = max(self.train_set.categories) + 1
+        self.class_names = class_names_of(self.train_set, cfg.num_classes)
+
+    def datasets(self) -> tuple[CocoInstances, CocoInstances]:
+        return self.train_set, self.val_set
+
+    def build_model(self) -> MaskRCNN:
+        return model_from_config(self.cfg)
+
+    @staticmethod
+    def collate(batch: list) -> tuple:
+        return tuple(zip(*batch))
+
+    def rounds(self, loader_len: int) -> tuple[int, int]:
+        return loader_len, self.cfg.epochs
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, round_iters: int):
+        """Linear warm-up (mmdetection: 500 iterations from lr/1000), lr/10 after each epoch of ``lr_steps``."""
+        from timm.scheduler import MultiStepLRScheduler
+
+        return MultiStepLRScheduler(
+            optimizer,
+            decay_t=[e * round_iters for e in self.cfg.lr_steps],
+            decay_rate=0.1,
+            warmup_t=self.cfg.warmup_iters,
+            warmup_lr_init=self.cfg.lr * 1e-3,
+            warmup_prefix=False,
+            t_in_epochs=False,
+        )
+
+    def loss(self, model: nn.Module, batch: tuple, device: torch.device) -> tuple[torch.Tensor, int]:
+        images, targets = batch
+        images = [img.to(device) for img in images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        set_image_sizes(_unwrap(model), self.cfg.train_sizes)
+        return sum(model(images, targets).values()), len(images)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """COCO box and mask AP over the whole validation set (each rank runs its shard)."""
+        return evaluate_detection(model, loader, device, self.val_set, self.cfg.test_size)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def model_from_config(cfg: DetConfig, checkpoint: str | None = "config") -> MaskRCNN:
+    """Mask R-CNN as ``cfg`` describes it; ``checkpoint="config"`` initialises the backbone from ``cfg.checkpoint``."""
+    return build_mask_rcnn(
+        cfg.num_classes,
+        cfg.model,
+        cfg.checkpoint if checkpoint == "config" else checkpoint,
+        cfg.model_kwargs,
+        cfg.fpn_channels,
+        cfg.representation_size,
+        cfg.train_sizes,
+        cfg.max_size,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_detections_per_img=cfg.box_detections_per_img,
+    )
+
+
+@torch.no_grad()
+def evaluate_detection(
+    model: nn.Module, loader: DataLoader, device: torch.device, dataset: CocoInstances, test_size: int
+) -> dict[str, float]:
+    """Run ``model`` over ``loader`` (a shard of ``dataset``) and score all ranks' detections with pycocotools."""
+    model = _unwrap(model)
+    model.eval()
+    set_image_sizes(model, (test_size,))
+    boxes, masks = [], []
+    for images, targets in loader:
+        outputs = model([img.to(device) for img in images])
+        for out, target in zip(outputs, targets):
+            b, m = detections_to_coco(out, int(target["image_id"]))
+            boxes += b
+            masks += m
+    boxes, masks = gather_lists(boxes), gather_lists(masks)
+    return coco_evaluate(dataset.coco, dict(bbox=boxes, segm=masks), image_ids=list(dataset.ids))
+
+
+def draw_detections(
+    image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list[str], score_threshold: float = 0.5
+) -> torch.Tensor:
+    """uint8 [3, H, W] image with the detections above ``score_threshold``: masks, boxes, "label score" captions."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    from .data import palette
+
+    keep = output["scores"] >= score_threshold
+    labels = output["labels"][keep].tolist()
+    colors = [tuple(int(c) for c in palette(len(class_names))[i]) for i in labels]
+    if not labels:
+        return image
+    if "masks" in output:
+        image = draw_segmentation_masks(image, output["masks"][keep][:, 0] > 0.5, alpha=0.45, colors=colors)
+    captions = [
+        f"{class_names[i] if i < len(class_names) else i} {s:.2f}" for i, s in zip(labels, output["scores"][keep])
+    ]
+    return draw_bounding_boxes(image, output["boxes"][keep], labels=captions, colors=colors, width=2)
+
+
+@torch.no_grad()
+def predict_detection(
+    model: MaskRCNN,
+    files: list[Path],
+    out_dir: str | os.PathLike,
+    class_names: list[str],
+    test_size: int,
+    device: torch.device,
+    score_threshold: float = 0.5,
+) -> list[Path]:
+    """Detect in each image file; write ``OUT/<stem>_det.png`` overlays and ``OUT/predictions.json``."""
+    import json
+
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    set_image_sizes(model, (test_size,))
+    written, records = [], []
+    for path in files:
+        image = pil_to_tensor(Image.open(path).convert("RGB"))
+        output = {k: v.cpu() for k, v in model([image.to(device).float() / 255])[0].items()}
+        overlay = draw_detections(image, output, class_names, score_threshold)
+        target = out_dir / f"{path.stem}_det.png"
+        Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(target)
+        written.append(target)
+        keep = output["scores"] >= score_threshold
+        records.append(
+            dict(
+                file=str(path),
+                boxes_xyxy=output["boxes"][keep].round(decimals=1).tolist(),
+                labels=[class_names[i] if i < len(class_names) else str(i) for i in output["labels"][keep].tolist()],
+                scores=output["scores"][keep].round(decimals=4).tolist(),
+            )
+        )
+    (out_dir / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
+    return written

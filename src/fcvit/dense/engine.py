@@ -1,0 +1,208 @@
+"""One training loop for both dense tasks, in rounds: ``round_iters`` optimiser steps, then evaluate, log, checkpoint.
+
+Detection rounds are epochs (one pass over the data, the paper's 12); segmentation rounds are
+``eval_interval`` iterations of an endless loader (the paper's 40k iterations, evaluated every 4k).
+What differs between the tasks (model, data, loss, evaluation, lr schedule) comes from a task
+object (:class:`~fcvit.dense.detection.DetectionTask`, :class:`~fcvit.dense.segmentation.SegmentationTask`).
+
+Run directory: ``config.json``, ``last.pth`` (every round; ``resume`` continues from it), ``best.pth``
+(best ``task.main_metric``), ``metrics.csv`` (one row per round, round 0 = before training when
+``eval_before``), TensorBoard ``tb/``, ``curves.png`` and ``summary.json`` (:class:`fcvit.train.logger.RunLogger`).
+Under torchrun every process takes ``batch_size / world_size`` images per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+
+from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.distributed import all_reduce_sum, cleanup_distributed, init_distributed
+from ..train.logger import Progress, RunLogger
+
+__all__ = ["DenseTask", "load_trained", "train"]
+
+
+class DenseTask(Protocol):
+    """What the training loop needs to know about a task."""
+
+    name: str  # "det" / "seg"
+    main_metric: str  # metric that picks best.pth
+    panels: dict[str, list[str]]  # curves.png panels: {title: [metrics.csv column, ...]}
+    cfg: Any  # the task's config dataclass
+    class_names: list[str]
+
+    def datasets(self) -> tuple[Dataset, Dataset]: ...
+
+    def build_model(self) -> nn.Module: ...
+
+    def collate(self, batch: list) -> Any: ...
+
+    def rounds(self, loader_len: int) -> tuple[int, int]: ...  # (iterations per round, number of rounds)
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, round_iters: int) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]: ...
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
+
+
+def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
+    """Every ``world``-th sample from ``rank``: the evaluation set split over ranks without padding duplicates."""
+    return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+
+
+def _endless(loader: DataLoader, first_pass: int) -> Iterator[Any]:
+    """Batches of pass after pass over ``loader``, reshuffled per pass (``set_epoch``) under DDP."""
+    n = first_pass
+    while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(n)
+        yield from loader
+        n += 1
+
+
+def _checkpoint(model: nn.Module, optimizer, task: DenseTask, round_: int, step: int, best: float) -> dict[str, Any]:
+    return dict(
+        task=task.name,
+        config=asdict(task.cfg),
+        class_names=list(task.class_names),
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        round=round_,
+        step=step,
+        best=best,
+    )
+
+
+def train(
+    task: DenseTask,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    device: str | None = None,
+    eval_before: bool = False,
+    log_interval: int = 20,
+) -> dict[str, Any]:
+    """Train ``task`` into ``run_dir`` (see the module doc); returns the summary (also ``summary.json``)."""
+    cfg, run_dir = task.cfg, Path(run_dir)
+    info = init_distributed(device)
+    torch.manual_seed(cfg.seed + info.rank)
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+
+    train_set, val_set = task.datasets()
+    model = task.build_model().to(info.device)
+    if info.distributed and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as mmdet/mmseg's SyncBN; 2-4 images per GPU
+    sampler = (
+        DistributedSampler(train_set, seed=cfg.seed, drop_last=True)
+        if info.distributed
+        else RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed))
+    )
+    per_process = cfg.batch_size // info.world_size
+    loader_kw = dict(num_workers=cfg.workers, collate_fn=task.collate, persistent_workers=cfg.workers > 0)
+    train_loader = DataLoader(train_set, per_process, sampler=sampler, drop_last=True, **loader_kw)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_set)} training samples make no batch of {per_process} per process")
+    val_loader = DataLoader(_shard(val_set, info.rank, info.world_size), 1, **loader_kw)
+    round_iters, num_rounds = task.rounds(len(train_loader))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = task.lr_scheduler(optimizer, round_iters)
+
+    start_round, step, best = 0, 0, float("-inf")
+    if resume:
+        ckpt = load_checkpoint(run_dir / "last.pth")
+        if ckpt.get("task") != task.name:
+            raise ValueError(f"{run_dir / 'last.pth'} is a {ckpt.get('task')!r} checkpoint, not {task.name!r}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_round, step, best = ckpt["round"], ckpt["step"], ckpt["best"]
+    scheduler.step_update(step)
+    ddp = nn.parallel.DistributedDataParallel(model) if info.distributed else model
+    logger = RunLogger(
+        run_dir, enabled=info.is_main, resume_epoch=start_round + 1 if resume else None, purge_step=step or None
+    )
+    if info.is_main:
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    amp = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad(), amp:
+            return task.evaluate(model, val_loader, info.device)
+
+    if eval_before and not resume:
+        logger.log_epoch(0, dict(iter=0, **evaluate()), step=0)
+    batches = _endless(train_loader, first_pass=step // len(train_loader))
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    for round_ in range(start_round, num_rounds):
+        model.train()
+        progress = Progress(round_iters, f"{task.name} {round_ + 1}/{num_rounds}", info.is_main, log_interval)
+        loss_sum = images = 0.0
+        for _ in range(round_iters):
+            batch = next(batches)
+            with amp:
+                loss, n = task.loss(ddp, batch, info.device)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{task.name} training loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            lr = optimizer.param_groups[0]["lr"]
+            loss_sum, images = loss_sum + loss.item() * n, images + n
+            progress.update(n * info.world_size, loss=loss.item(), lr=lr)
+            if step % log_interval == 0:
+                logger.log_scalars(step, dict(loss=loss.item(), lr=lr), prefix="train/")
+        progress.close()
+        totals = all_reduce_sum(dict(loss=loss_sum, images=images), info.device)
+        metrics = evaluate()
+        logger.log_epoch(
+            round_ + 1, dict(iter=step, train_loss=totals["loss"] / max(totals["images"], 1), lr=lr, **metrics), step
+        )
+        if info.is_main:
+            improved = metrics[task.main_metric] > best
+            best = max(best, metrics[task.main_metric])
+            ckpt = _checkpoint(model, optimizer, task, round_ + 1, step, best)
+            save_checkpoint(ckpt, run_dir / "last.pth")
+            if improved:
+                save_checkpoint(ckpt, run_dir / "best.pth")
+    summary = dict(
+        task=task.name,
+        run_dir=str(run_dir),
+        steps=step,
+        final=metrics,
+        best={task.main_metric: best},
+        train_seconds=round(time.perf_counter() - start, 1),
+        world_size=info.world_size,
+        device=str(info.device),
+    )
+    logger.finish(summary, task.panels)
+    cleanup_distributed()
+    return summary
+
+
+def load_trained(path: str | os.PathLike, task_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config dict, checkpoint)`` of a ``fcvit det|seg train`` checkpoint, or of a run directory's ``best.pth``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pth"
+    ckpt = load_checkpoint(path)
+    if ckpt.get("task") != task_name:
+        raise ValueError(
+            f"{path} holds a {ckpt.get('task')!r} checkpoint; `fcvit {task_name}` needs a {task_name!r} one"
+        )
+    return ckpt["config"], ckpt

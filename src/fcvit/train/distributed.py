@@ -1,0 +1,132 @@
+"""Data-parallel set-up from torchrun's environment, and the few collectives training needs.
+
+``torchrun --nproc_per_node N`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT``) makes :func:`init_distributed` join a process group: NCCL with one
+GPU per process when CUDA is available, gloo on CPU. Without those variables it is a single process
+and every helper here degrades to the identity.
+
+Failure: a rank that raises exits non-zero; torchrun's agent then stops the other ranks and exits
+non-zero itself. Ranks left waiting in a collective on a dead peer fail fast on gloo (connection
+closed) and, as a backstop under launchers that do not tear workers down, after ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistInfo",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup_distributed",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process runs: global rank, world size, rank on its node and the device it uses."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(device: str | None, local_rank: int) -> torch.device:
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} was asked for but CUDA is not available")
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the torchrun process group if the environment asks for one; pick this process's device.
+
+    ``device``: ``"auto"``/``None`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+    Under torchrun each process takes ``cuda:LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = dict(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        if dev.type == "cuda":
+            kwargs["device_id"] = dev  # binds NCCL to this GPU (eager init, no guessing)
+        dist.init_process_group(**kwargs)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (call on the success path; after an error just exit non-zero)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on global rank 0 (or without a process group): the only process that writes files."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sum every value over all ranks (counts, summed losses); identity in a single process.
+
+    Reduce sums and counts, then divide, so ranks holding different numbers of samples weigh right.
+    """
+    if not is_distributed():
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, t.tolist()))
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (e.g. a run directory name chosen on rank 0)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
