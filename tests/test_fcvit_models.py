@@ -191,9 +191,7 @@ def test_micro_fixture_matches_official_logits():
 def test_tiny_fixture_matches_official_logits_both_routes(tmp_path):
     io = torch.load(SHARED / "official_fcvit_tiny_random_io.pt", weights_only=True)
     by_path = timm.create_model("fcvit_tiny", checkpoint_path=str(TINY_CKPT)).eval()
-    by_cfg = timm.create_model(
-        "fcvit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(TINY_CKPT))
-    ).eval()
+    by_cfg = timm.create_model("fcvit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(TINY_CKPT))).eval()
     with torch.no_grad():
         for model in (by_path, by_cfg):
             for key in ("224", "160x192"):
@@ -247,7 +245,9 @@ def test_wrong_shape_names_the_tensor():
     model, _ = micro_model()
     state = model.state_dict()
     state["stages.1.blocks.0.token_mixer.rounds.0.dw.weight"] = torch.zeros(32, 1, 7, 7)
-    with pytest.raises(ValueError, match=r"'stages\.1\.blocks\.0\.token_mixer\.rounds\.0\.dw\.weight'.*\[32, 1, 11, 11\]"):
+    with pytest.raises(
+        ValueError, match=r"'stages\.1\.blocks\.0\.token_mixer\.rounds\.0\.dw\.weight'.*\[32, 1, 11, 11\]"
+    ):
         model.load_state_dict(state)
 
 

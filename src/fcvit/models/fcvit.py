@@ -555,9 +555,10 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
         state_dict = state_dict["state_dict"]
     if is_official_state_dict(state_dict):
         state_dict = convert_official_state_dict(state_dict)
-    if getattr(model, "feature_norms", None) is not None and not any(k.startswith("feature_norms.") for k in state_dict):
+    feature_norms = getattr(model, "feature_norms", None)
+    if feature_norms is not None and not any(k.startswith("feature_norms.") for k in state_dict):
         # Classification checkpoints have no per-stage output norms: they start fresh (weight 1, bias 0).
-        state_dict = {**state_dict, **{f"feature_norms.{k}": v for k, v in model.feature_norms.state_dict().items()}}
+        state_dict = {**state_dict, **{f"feature_norms.{k}": v for k, v in feature_norms.state_dict().items()}}
     return state_dict
 
 
