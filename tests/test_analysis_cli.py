@@ -98,11 +98,24 @@ def test_attention_on_window_attention_with_demo_images(tmp_path):
     assert len(list(out.glob("attention_*.png"))) == len(record["images"]) == 4
 
 
-def test_similarity_with_vit_compare(tmp_path):
+def test_attention_on_swin_windows_writes_statistics_without_figures(tmp_path, image_dir):
+    images = [str(p) for p in sorted(image_dir.glob("val/*/*.png"))[:2]]
+    swin = ["--model", "swin_tiny_patch4_window7_224", "--model-kwargs", "{depths: [1, 1, 1, 1], embed_dim: 16}"]
+    out = tmp_path / "swin"
+    assert main(["analyze", "attention", *swin, "--block", "0", *images, "--output", str(out)]) == 0
+    record = json.loads((out / "attention.json").read_text())
+    assert "cannot be drawn" in record["figures_skipped"] and not list(out.glob("*.png"))
+    assert record["attention_shape"] == [3, 49, 49]  # 3 heads; 8x8 windows of 7x7 tokens per image on the batch axis
+    per_image = [e["statistics"]["entropy"] for e in record["images"]]
+    assert record["statistics"]["entropy"] == pytest.approx(sum(per_image) / 2)
+
+
+def test_similarity_with_vit_compare(tmp_path, image_dir):
+    images = [str(p) for p in sorted(image_dir.glob("val/*/*.png"))[:2]]
     out = tmp_path / "sim"
     rc = main(
         ["analyze", "similarity", *FCVIT, "--img-size", "64", "--compare", "deit_tiny_patch16_224"]
-        + ["--compare-kwargs", "{depth: 2, embed_dim: 64, num_heads: 2}", "--demo", "--output", str(out)]
+        + ["--compare-kwargs", "{depth: 2, embed_dim: 64, num_heads: 2}", *images, "--output", str(out)]
     )
     assert rc == 0
     record = read_outputs(out, "similarity.json")
@@ -111,7 +124,7 @@ def test_similarity_with_vit_compare(tmp_path):
     assert 0 < record["statistics"]["head_irrelevance"] <= 1
     assert "softmax" in record["normalisation"]
     assert record["compare"]["layer"] == "blocks.1.attn" and record["compare"]["num_prefix_tokens"] == 1
-    assert len(record["images"]) == 4 and all("compare_statistics" in e for e in record["images"])
+    assert len(record["images"]) == 2 and all("compare_statistics" in e for e in record["images"])
 
 
 def test_stats_on_image_folder(tmp_path, image_dir):
@@ -184,3 +197,10 @@ def test_bad_input_is_named(tmp_path, capsys, argv, message):
     assert main(["analyze", *argv, "--output", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x" / "attention.json")
+
+
+def test_unreadable_image_is_named(tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    assert main(["analyze", "attention", *VIT, *SMALL, str(bad), "--output", str(tmp_path / "x")]) == 2
+    assert "broken.png" in capsys.readouterr().err

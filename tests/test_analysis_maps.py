@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -92,6 +94,8 @@ def test_similarity_site_reads_the_chosen_block_and_round():
         similarity_site(model, 4)
     with pytest.raises(ValueError, match="round 2 is out of range"):
         similarity_site(model, 0, 2)
+    with pytest.raises(ValueError, match="round -3 is out of range"):
+        similarity_sites(model, -3)
 
 
 @pytest.mark.parametrize("mode", ["none", "static"])
@@ -139,3 +143,14 @@ def test_window_attention_of_the_project_matches_global_selection():
     placed = attention_layout(win, maps["window"], 1, (16, 16)).maps(maps["window"][0], queries)
     expected = attention_layout(glob, maps["global"], 1, (16, 16)).maps(maps["global"][0], queries)
     torch.testing.assert_close(placed, expected)
+
+
+def test_attention_without_softmax_has_undefined_statistics():
+    """LayerNorm in place of softmax: rows are no distributions, so the statistics are NaN with the reason."""
+    model = create_model("test_attn_ln")
+    probe = MapProbe(model)
+    layers = map_statistics(probe, probe(torch.randn(1, 3, 64, 64)))
+    assert [layer["kind"] for layer in layers] == ["window attention"] * 2 + ["attention"] * 2
+    for layer in layers:
+        assert all(math.isnan(v) for v in layer["statistics"].values())
+        assert "statistics undefined" in layer["note"]

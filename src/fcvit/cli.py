@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "fcvit.models.summary",
     "fcvit.analysis.cli",
     "fcvit.dense.cli",
+    "fcvit.train.cli",
 )
 
 

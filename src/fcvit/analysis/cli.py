@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -33,9 +34,11 @@ def _command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Nam
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
+        from ..data import BadImageError
+
         try:
             fn(args)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, BadImageError) as e:
             print(f"fcvit analyze {args.analysis}: error: {e}", file=sys.stderr)
             return 2
         return 0
@@ -135,9 +138,10 @@ def _batch(images: list, cfg: dict, device: str):
     """The images through the model's eval transform as one batch, and each as shown in the figures."""
     import torch
 
-    from .inputs import eval_transform, to_display
+    from ..data.transforms import create_eval_transform
+    from .inputs import to_display
 
-    transform = eval_transform(cfg)
+    transform = create_eval_transform(cfg)
     x = torch.stack([transform(img) for _, img in images])
     return x.to(device), [to_display(t, cfg) for t in x]
 
@@ -184,7 +188,7 @@ def _markdown_table(layers: list[dict], series: dict[str, list[dict]]) -> str:
         for s in STAT_NAMES:
             for stats in series.values():
                 v = stats[i][s]
-                cells.append("-" if v != v else f"{v:.4f}")
+                cells.append("-" if math.isnan(v) else f"{v:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"layer {i}: {layer['note']}" for i, layer in enumerate(layers) if "note" in layer]
     return "\n".join(lines + ([""] + notes if notes else []))
@@ -243,8 +247,9 @@ def run_attention(args: argparse.Namespace) -> None:
         print(f"note: no figures: {e}", file=sys.stderr)
         layout = None
     title = f"{args.model} {names[k]} (block {k} of {len(names)}), {_weights_short(args.checkpoint)}"
+    per_image = attn.reshape(len(images), -1, *attn.shape[1:])  # Swin-style windows: [images, windows, ...]
     for i, (name, _) in enumerate(images):
-        entry: dict[str, Any] = dict(name=name, statistics=statistics_or_reason(attn[i : i + 1], p)[0])
+        entry: dict[str, Any] = dict(name=name, statistics=statistics_or_reason(per_image[i], p)[0])
         if layout is not None:
             cells = [_cell(pt, layout.query_grid) for pt in args.points]
             maps = layout.maps(a[i][heads], cells).numpy()

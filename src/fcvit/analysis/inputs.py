@@ -1,4 +1,9 @@
-"""Images and data sets to analyse, prepared with the model's own eval transform (timm data config)."""
+"""Images and data sets to analyse, through the model's own eval transform (its timm data config).
+
+Decoding and transforms are the project's (:func:`fcvit.data.load_image`,
+:func:`fcvit.data.transforms.create_eval_transform`: timm's eval transform after a PIL mode conversion,
+so grey Fashion-MNIST feeds RGB models).
+"""
 
 from __future__ import annotations
 
@@ -23,15 +28,13 @@ def demo_images() -> list[tuple[str, Image.Image]]:
 
 def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
     """(file stem, RGB image) for each path; a clear error for a missing or unreadable file."""
+    from ..data import load_image
+
     images = []
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image {path!r} does not exist")
-        try:
-            with Image.open(path) as img:
-                images.append((os.path.splitext(os.path.basename(path))[0], img.convert("RGB")))
-        except OSError as e:
-            raise ValueError(f"cannot read image {path!r}: {e}") from e
+        images.append((os.path.splitext(os.path.basename(path))[0], load_image(path)))
     return images
 
 
@@ -43,13 +46,6 @@ def gather_images(paths: list[str], demo: bool) -> list[tuple[str, Image.Image]]
     return images
 
 
-def eval_transform(cfg: dict[str, Any]):
-    """timm's eval transform (resize, center crop, normalise) for a data config."""
-    from timm.data import create_transform
-
-    return create_transform(**cfg, is_training=False)
-
-
 def to_display(x: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
     """Undo the normalisation of one input [C, H, W] into an [H, W, C] array in [0, 1] for plotting."""
     mean = torch.tensor(cfg["mean"]).view(-1, 1, 1)
@@ -58,18 +54,17 @@ def to_display(x: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
 
 
 def build_dataset(data: str, cfg: dict[str, Any], limit: int | None = None) -> Dataset:
-    """``fashion-mnist`` (its test split, grey made RGB) or an image folder (its ``val/`` subfolder if any).
+    """``fashion-mnist`` (its test split) or an image folder (its ``val/`` subfolder if any, read by timm).
 
     Items are ``(input tensor, label)`` through the eval transform of ``cfg``; ``limit`` keeps the first N.
+    timm's folder reader takes images with or without class subfolders.
     """
-    from torchvision import transforms
+    from ..data import FashionMNIST
+    from ..data.transforms import create_eval_transform
 
-    transform = eval_transform(cfg)
+    transform = create_eval_transform(cfg)
     if data == "fashion-mnist":
-        from ..data.fashion_mnist import FashionMNIST
-
-        grey_to_rgb = transforms.Grayscale(num_output_channels=cfg["input_size"][0])
-        return FashionMNIST("test", transform=transforms.Compose([grey_to_rgb, transform]), limit=limit)
+        return FashionMNIST("test", transform=transform, limit=limit)
     if not os.path.isdir(data):
         raise FileNotFoundError(f"data folder {data!r} does not exist (give a folder of images or 'fashion-mnist')")
     from timm.data import create_dataset

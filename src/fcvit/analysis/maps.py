@@ -30,19 +30,16 @@ SIMILARITY_NORMALISATION = (
 )
 
 
-def disable_fused_attention(model: nn.Module) -> int:
-    """Switch every module with a ``fused_attn`` flag to the explicit softmax path; returns how many.
+def disable_fused_attention(model: nn.Module) -> None:
+    """Switch every module with a ``fused_attn`` flag to the explicit softmax path.
 
     Fused ``scaled_dot_product_attention`` never materialises the weights, so ``attn_drop`` would not
     see them. Setting the flag per module (rather than ``timm.layers.set_fused_attn(False)`` before
     creation) works on any timm 1.0.x and leaves the process-wide default alone.
     """
-    count = 0
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
-            count += 1
-    return count
 
 
 def create_model(
@@ -56,10 +53,10 @@ def create_model(
     ``img_size`` is passed to timm's (position-embedded) models at creation; this project's models are
     fully convolutional and take any size, so they do not get it.
     """
-    import fcvit  # noqa: F401  (registers this project's models with timm)
+    from ..models import list_models
 
     kwargs = dict(model_kwargs or {})
-    if img_size and name.split(".")[0] not in fcvit.list_models():
+    if img_size and name.split(".")[0] not in list_models():
         kwargs.setdefault("img_size", img_size)
     if checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
@@ -173,6 +170,21 @@ def fcvit_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FCViTBlock)]
 
 
+def _site(name: str, block: nn.Module, index: int, round_index: int) -> tuple[SimilaritySite | None, str]:
+    """The site of one block, or None and why it has none; a round out of range raises ``ValueError``."""
+    rounds = getattr(block.token_mixer, "rounds", None)
+    if rounds is None:
+        return None, f"block {index} ({name}) has a {type(block.token_mixer).__name__} token mixer, not FCViT's"
+    if not -len(rounds) <= round_index < len(rounds):
+        raise ValueError(f"round {round_index} is out of range: block {index} ({name}) has {len(rounds)} mixing rounds")
+    r = round_index % len(rounds)
+    gc = rounds[r].gc
+    if gc is None or gc.mode != "dynamic":
+        mode = "none" if gc is None else gc.mode
+        return None, f"block {index} ({name}) has global context {mode!r}: no token-global similarity to show"
+    return SimilaritySite(f"{name}.token_mixer.rounds.{r}.gc", index, gc), ""
+
+
 def similarity_site(model: nn.Module, block: int = -1, round_index: int = -1) -> SimilaritySite:
     """The dynamic global context of block ``block`` (flattened over stages), mixing round ``round_index``."""
     blocks = fcvit_blocks(model)
@@ -181,29 +193,16 @@ def similarity_site(model: nn.Module, block: int = -1, round_index: int = -1) ->
     if not -len(blocks) <= block < len(blocks):
         raise ValueError(f"block {block} is out of range: the model has {len(blocks)} blocks (0..{len(blocks) - 1})")
     index = block % len(blocks)
-    name, blk = blocks[index]
-    rounds = getattr(blk.token_mixer, "rounds", None)
-    if rounds is None:
-        raise ValueError(f"block {index} ({name}) has a {type(blk.token_mixer).__name__} token mixer, not FCViT's")
-    if not -len(rounds) <= round_index < len(rounds):
-        raise ValueError(f"round {round_index} is out of range: block {index} ({name}) has {len(rounds)} mixing rounds")
-    r = round_index % len(rounds)
-    gc = rounds[r].gc
-    if gc is None or gc.mode != "dynamic":
-        mode = "none" if gc is None else gc.mode
-        raise ValueError(f"block {index} ({name}) has global context {mode!r}: no token-global similarity to show")
-    return SimilaritySite(f"{name}.token_mixer.rounds.{r}.gc", index, gc)
+    site, why = _site(*blocks[index], index, round_index)
+    if site is None:
+        raise ValueError(why)
+    return site
 
 
 def similarity_sites(model: nn.Module, round_index: int = -1) -> list[SimilaritySite]:
-    """Every block with a dynamic global context."""
-    sites = []
-    for k in range(len(fcvit_blocks(model))):
-        try:
-            sites.append(similarity_site(model, k, round_index))
-        except ValueError:
-            continue
-    return sites
+    """Every block with a dynamic global context (blocks with other token mixers or none are left out)."""
+    sites = (_site(name, block, k, round_index)[0] for k, (name, block) in enumerate(fcvit_blocks(model)))
+    return [site for site in sites if site is not None]
 
 
 def similarity_rows(s: torch.Tensor) -> torch.Tensor:

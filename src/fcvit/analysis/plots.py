@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ def _figure(rows: int, cols: int, title: str) -> tuple[Figure, np.ndarray]:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, int(11 * _CELL * cols)), fontsize=10)
     return fig, axes
 
 

@@ -17,7 +17,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["FASHION_MNIST_CLASSES", "SYSTEM_DIR", "FashionMNIST", "fashion_mnist_paths", "load_fashion_mnist"]
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "SYSTEM_DIR",
+    "FashionMNIST",
+    "fashion_mnist_paths",
+    "load_fashion_mnist",
+]
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -33,6 +41,10 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
+
+# Pixel statistics of the 60k training images (scaled to [0, 1]).
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
 
 _PREFIX = {"train": "train", "test": "t10k", "val": "t10k"}
 _IDX_DTYPE = {0x08: np.uint8}

@@ -114,73 +114,43 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    """(config, model on device, class names, device) from the checkpoint or run directory ``args.checkpoint``."""
-    import torch
-
-    from ..train.distributed import init_distributed
+    """(task, model) from the checkpoint or run directory ``args.checkpoint``; ``--data-dir`` overrides the config's."""
     from .engine import load_trained
 
     config, ckpt = load_trained(args.checkpoint, args.task)
-    cfg = TASKS[args.task](**config)
+    cfg = TASKS[args.task](**{**config, "checkpoint": None})  # the weights come from ckpt, not the backbone's file
     if getattr(args, "data_dir", None):
         cfg.data_dir = args.data_dir
-    if args.task == "det":
-        from .detection import model_from_config
-    else:
-        from .segmentation import model_from_config
-    model = model_from_config(cfg, checkpoint=None)
+    task = _make_task(args.task, cfg)
+    task.class_names = ckpt["class_names"]
+    model = task.build_model()
     model.load_state_dict(ckpt["model"])
-    device = init_distributed(args.device).device
-    model.to(device).eval()
-    torch.set_grad_enabled(False)
-    return cfg, model, ckpt["class_names"], device
+    return task, model
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
+    from ..train.distributed import cleanup_distributed, is_main_process
+    from .engine import evaluate_split
 
-    cfg, model, _names, device = _load(args)
-    if args.task == "det":
-        from .data import CocoInstances
-        from .detection import DetectionTask, coco_transforms, evaluate_detection
-
-        dataset = CocoInstances(cfg.data_dir, args.split, coco_transforms(train=False))
-        loader = DataLoader(dataset, 1, collate_fn=DetectionTask.collate)
-        metrics = evaluate_detection(model, loader, device, dataset, cfg.test_size)
-    else:
-        from .backbone import normalization
-        from .data import SemanticSegmentation
-        from .segmentation import ImageTransform, evaluate_segmentation
-
-        mean, std = normalization(cfg.model)
-        dataset = SemanticSegmentation(
-            cfg.data_dir, args.split, ImageTransform(cfg.test_size, mean, std), cfg.reduce_zero_label
-        )
-        metrics = evaluate_segmentation(model, DataLoader(dataset, 1), device, cfg.num_classes)
-    result = dict(
-        checkpoint=str(args.checkpoint), data_dir=cfg.data_dir, split=args.split, images=len(dataset), **metrics
-    )
-    print(json.dumps(result, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    task, model = _load(args)
+    metrics, n = evaluate_split(task, model, args.split, args.device)
+    result = dict(checkpoint=str(args.checkpoint), data_dir=task.cfg.data_dir, split=args.split, images=n, **metrics)
+    if is_main_process():
+        print(json.dumps(result, indent=2))
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    cleanup_distributed()
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..train.distributed import init_distributed
     from .data import list_images
 
-    cfg, model, names, device = _load(args)
-    files = list_images(args.images)
-    if args.task == "det":
-        from .detection import predict_detection
-
-        written = predict_detection(model, files, args.out, names, cfg.test_size, device, args.score_threshold)
-    else:
-        from .backbone import normalization
-        from .segmentation import predict_segmentation
-
-        mean, std = normalization(cfg.model)
-        written = predict_segmentation(model, files, args.out, cfg.num_classes, cfg.test_size, mean, std, device)
+    task, model = _load(args)
+    device = init_distributed(args.device).device
+    options = dict(score_threshold=args.score_threshold) if args.task == "det" else {}
+    written = task.predict(model.to(device).eval(), list_images(args.images), Path(args.out), device, **options)
     print(f"wrote {len(written)} PNG files to {args.out}")
     return 0
 

@@ -20,6 +20,8 @@ to 0..149. The train split takes its items from the Fashion-MNIST train set, val
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -232,7 +234,8 @@ class CocoInstances(Dataset):
                     f"ROOT/{name}/; generate a small set with `fcvit dense make-data`)"
                 )
         self.ann_file = ann_file
-        base = CocoDetection(str(img_dir), str(ann_file))
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading steps
+            base = CocoDetection(str(img_dir), str(ann_file))
         if drop_crowd:
             for img_id, anns in base.coco.imgToAnns.items():
                 base.coco.imgToAnns[img_id] = [a for a in anns if not a.get("iscrowd", 0)]

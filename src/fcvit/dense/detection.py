@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -90,14 +90,16 @@ class DetectionTask:
 
     def __init__(self, cfg: DetConfig):
         self.cfg = cfg
-        self.train_set = CocoInstances(cfg.data_dir, "train", coco_transforms(train=True), drop_crowd=True)
-        self.val_set = CocoInstances(cfg.data_dir, "val", coco_transforms(train=False))
-        if cfg.num_classes is None:
-            cfg.num_classes = max(self.train_set.categories) + 1
-        self.class_names = class_names_of(self.train_set, cfg.num_classes)
+        self.class_names: list[str] = []
 
-    def datasets(self) -> tuple[CocoInstances, CocoInstances]:
-        return self.train_set, self.val_set
+    def dataset(self, split: str, train: bool = False) -> CocoInstances:
+        """A COCO split (train: flipped, crowd regions dropped); the first one read fixes classes and names."""
+        ds = CocoInstances(self.cfg.data_dir, split, coco_transforms(train), drop_crowd=train)
+        if self.cfg.num_classes is None:
+            self.cfg.num_classes = max(ds.categories) + 1
+        if not self.class_names:
+            self.class_names = class_names_of(ds, self.cfg.num_classes)
+        return ds
 
     def build_model(self) -> MaskRCNN:
         return model_from_config(self.cfg)
@@ -131,20 +133,23 @@ class DetectionTask:
         return sum(model(images, targets).values()), len(images)
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        """COCO box and mask AP over the whole validation set (each rank runs its shard)."""
-        return evaluate_detection(model, loader, device, self.val_set, self.cfg.test_size)
+        """COCO box and mask AP over the whole split (``loader`` holds this rank's shard of it)."""
+        return evaluate_detection(model, loader, device, self.cfg.test_size)
+
+    def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list:
+        return predict_detection(model, files, out_dir, self.class_names, self.cfg.test_size, device, **options)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def model_from_config(cfg: DetConfig, checkpoint: str | None = "config") -> MaskRCNN:
-    """Mask R-CNN as ``cfg`` describes it; ``checkpoint="config"`` initialises the backbone from ``cfg.checkpoint``."""
+def model_from_config(cfg: DetConfig) -> MaskRCNN:
+    """Mask R-CNN as ``cfg`` describes it (the backbone initialised from ``cfg.checkpoint`` if set)."""
     return build_mask_rcnn(
         cfg.num_classes,
         cfg.model,
-        cfg.checkpoint if checkpoint == "config" else checkpoint,
+        cfg.checkpoint,
         cfg.model_kwargs,
         cfg.fpn_channels,
         cfg.representation_size,
@@ -157,10 +162,10 @@ def model_from_config(cfg: DetConfig, checkpoint: str | None = "config") -> Mask
 
 
 @torch.no_grad()
-def evaluate_detection(
-    model: nn.Module, loader: DataLoader, device: torch.device, dataset: CocoInstances, test_size: int
-) -> dict[str, float]:
-    """Run ``model`` over ``loader`` (a shard of ``dataset``) and score all ranks' detections with pycocotools."""
+def evaluate_detection(model: nn.Module, loader: DataLoader, device: torch.device, test_size: int) -> dict[str, float]:
+    """Run ``model`` over ``loader`` (a :class:`CocoInstances` or a rank's ``Subset`` of one) and score all
+    ranks' detections against the whole split with pycocotools."""
+    dataset = loader.dataset.dataset if isinstance(loader.dataset, Subset) else loader.dataset
     model = _unwrap(model)
     model.eval()
     set_image_sizes(model, (test_size,))

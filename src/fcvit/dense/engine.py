@@ -29,7 +29,7 @@ from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.distributed import all_reduce_sum, cleanup_distributed, init_distributed
 from ..train.logger import Progress, RunLogger
 
-__all__ = ["DenseTask", "load_trained", "train"]
+__all__ = ["DenseTask", "eval_loader", "evaluate_split", "load_trained", "train"]
 
 
 class DenseTask(Protocol):
@@ -41,7 +41,7 @@ class DenseTask(Protocol):
     cfg: Any  # the task's config dataclass
     class_names: list[str]
 
-    def datasets(self) -> tuple[Dataset, Dataset]: ...
+    def dataset(self, split: str, train: bool = False) -> Dataset: ...
 
     def build_model(self) -> nn.Module: ...
 
@@ -55,10 +55,17 @@ class DenseTask(Protocol):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
 
+    def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list: ...
+
 
 def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
     """Every ``world``-th sample from ``rank``: the evaluation set split over ranks without padding duplicates."""
     return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+
+
+def eval_loader(task: DenseTask, dataset: Dataset, rank: int, world: int) -> DataLoader:
+    """One image at a time (sizes differ), this rank's shard of ``dataset``."""
+    return DataLoader(_shard(dataset, rank, world), 1, num_workers=task.cfg.workers, collate_fn=task.collate)
 
 
 def _endless(loader: DataLoader, first_pass: int) -> Iterator[Any]:
@@ -71,7 +78,9 @@ def _endless(loader: DataLoader, first_pass: int) -> Iterator[Any]:
         n += 1
 
 
-def _checkpoint(model: nn.Module, optimizer, task: DenseTask, round_: int, step: int, best: float) -> dict[str, Any]:
+def _checkpoint(
+    model: nn.Module, optimizer, task: DenseTask, round_: int, step: int, best: float, metrics: dict[str, float]
+) -> dict[str, Any]:
     return dict(
         task=task.name,
         config=asdict(task.cfg),
@@ -81,6 +90,7 @@ def _checkpoint(model: nn.Module, optimizer, task: DenseTask, round_: int, step:
         round=round_,
         step=step,
         best=best,
+        metrics=metrics,
     )
 
 
@@ -99,7 +109,7 @@ def train(
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
 
-    train_set, val_set = task.datasets()
+    train_set, val_set = task.dataset("train", train=True), task.dataset("val")
     model = task.build_model().to(info.device)
     if info.distributed and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as mmdet/mmseg's SyncBN; 2-4 images per GPU
@@ -113,19 +123,19 @@ def train(
     train_loader = DataLoader(train_set, per_process, sampler=sampler, drop_last=True, **loader_kw)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training samples make no batch of {per_process} per process")
-    val_loader = DataLoader(_shard(val_set, info.rank, info.world_size), 1, **loader_kw)
+    val_loader = eval_loader(task, val_set, info.rank, info.world_size)
     round_iters, num_rounds = task.rounds(len(train_loader))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = task.lr_scheduler(optimizer, round_iters)
 
-    start_round, step, best = 0, 0, float("-inf")
+    start_round, step, best, metrics = 0, 0, float("-inf"), {}
     if resume:
         ckpt = load_checkpoint(run_dir / "last.pth")
         if ckpt.get("task") != task.name:
             raise ValueError(f"{run_dir / 'last.pth'} is a {ckpt.get('task')!r} checkpoint, not {task.name!r}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start_round, step, best = ckpt["round"], ckpt["step"], ckpt["best"]
+        start_round, step, best, metrics = ckpt["round"], ckpt["step"], ckpt["best"], ckpt["metrics"]
     scheduler.step_update(step)
     ddp = nn.parallel.DistributedDataParallel(model) if info.distributed else model
     logger = RunLogger(
@@ -144,7 +154,6 @@ def train(
         logger.log_epoch(0, dict(iter=0, **evaluate()), step=0)
     batches = _endless(train_loader, first_pass=step // len(train_loader))
     start = time.perf_counter()
-    metrics: dict[str, float] = {}
     for round_ in range(start_round, num_rounds):
         model.train()
         progress = Progress(round_iters, f"{task.name} {round_ + 1}/{num_rounds}", info.is_main, log_interval)
@@ -176,7 +185,7 @@ def train(
         if info.is_main:
             improved = metrics[task.main_metric] > best
             best = max(best, metrics[task.main_metric])
-            ckpt = _checkpoint(model, optimizer, task, round_ + 1, step, best)
+            ckpt = _checkpoint(model, optimizer, task, round_ + 1, step, best, metrics)
             save_checkpoint(ckpt, run_dir / "last.pth")
             if improved:
                 save_checkpoint(ckpt, run_dir / "best.pth")
@@ -193,6 +202,15 @@ def train(
     logger.finish(summary, task.panels)
     cleanup_distributed()
     return summary
+
+
+def evaluate_split(task: DenseTask, model: nn.Module, split: str, device: str | None = None) -> tuple[dict, int]:
+    """``(metrics, number of images)`` of ``model`` on ``split``; under torchrun each rank scores its shard."""
+    info = init_distributed(device)
+    dataset = task.dataset(split)
+    model.to(info.device).eval()
+    with torch.no_grad(), torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=task.cfg.amp):
+        return task.evaluate(model, eval_loader(task, dataset, info.rank, info.world_size), info.device), len(dataset)
 
 
 def load_trained(path: str | os.PathLike, task_name: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -94,12 +94,12 @@ def build_semantic_fpn(
     return SemanticFPN(backbone, SemanticFPNHead(num_classes, fpn_channels, head_channels, strides, dropout))
 
 
-def model_from_config(cfg: SegConfig, checkpoint: str | None = "config") -> SemanticFPN:
-    """Semantic FPN as ``cfg`` describes it; ``checkpoint="config"``: the backbone from ``cfg.checkpoint``."""
+def model_from_config(cfg: SegConfig) -> SemanticFPN:
+    """Semantic FPN as ``cfg`` describes it (the backbone initialised from ``cfg.checkpoint`` if set)."""
     return build_semantic_fpn(
         cfg.num_classes,
         cfg.model,
-        cfg.checkpoint if checkpoint == "config" else checkpoint,
+        cfg.checkpoint,
         cfg.model_kwargs,
         cfg.fpn_channels,
         cfg.head_channels,
@@ -163,15 +163,11 @@ class SegmentationTask:
     def build_model(self) -> SemanticFPN:
         return model_from_config(self.cfg)
 
-    def datasets(self) -> tuple[SemanticSegmentation, SemanticSegmentation]:
+    def dataset(self, split: str, train: bool = False) -> SemanticSegmentation:
+        """A split with the training pipeline (random resize, crop, flip, jitter) or the evaluation resize."""
         mean, std = normalization(self.cfg.model)
-        train = SemanticSegmentation(
-            self.cfg.data_dir, "train", train_transforms(self.cfg, mean, std), self.cfg.reduce_zero_label
-        )
-        val = SemanticSegmentation(
-            self.cfg.data_dir, "val", ImageTransform(self.cfg.test_size, mean, std), self.cfg.reduce_zero_label
-        )
-        return train, val
+        transform = train_transforms(self.cfg, mean, std) if train else ImageTransform(self.cfg.test_size, mean, std)
+        return SemanticSegmentation(self.cfg.data_dir, split, transform, self.cfg.reduce_zero_label)
 
     collate = None
 
@@ -197,6 +193,10 @@ class SegmentationTask:
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         return evaluate_segmentation(model, loader, device, self.cfg.num_classes)
+
+    def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list:
+        mean, std = normalization(self.cfg.model)
+        return predict_segmentation(model, files, out_dir, self.cfg.num_classes, self.cfg.test_size, mean, std, device)
 
 
 @torch.no_grad()

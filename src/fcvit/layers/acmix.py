@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import window_dot, window_sum
 from .registry import register_token_mixer
 
 
@@ -117,13 +118,11 @@ class ACmix(nn.Module):
         q = (q * d**-0.5)[:, :, ::s, ::s].reshape(B, heads, d, H_out * W_out)
         k = self._windows(k.reshape(B * heads, d, H, W)).view(B, heads, d, self.kernel_att**2, -1)
         v = self._windows(v.reshape(B * heads, d, H, W)).view(B, heads, d, self.kernel_att**2, -1)
-        # relative position of each window key to its query: pe(query) - pe(key), [1, 1, d, k_att^2, L]
+        # position of each query relative to its window keys, pe(query) - pe(key): [1, 1, d, k_att^2, L]
         rel = pe[:, :, ::s, ::s].reshape(1, d, 1, -1) - self._windows(pe)
         # logits[b, h, n, m] = q_n . (k_m + pe_n - pe_m)
-        logits = torch.einsum("bhdn,bhdmn->bhnm", q, k + rel.unsqueeze(1))
-        attn = self.attn_drop(logits.softmax(dim=-1))
-        out = torch.einsum("bhnm,bhdmn->bhdn", attn, v)
-        return out.reshape(B, self.out_planes, H_out, W_out)
+        attn = self.attn_drop(window_dot(q, k + rel.unsqueeze(1)).softmax(dim=-1))
+        return window_sum(attn, v).reshape(B, self.out_planes, H_out, W_out)
 
     def convolution(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Shift-convolution path on projected maps [B, out_planes, H, W] -> [B, out_planes, H_out, W_out]."""

@@ -67,6 +67,19 @@ def attention_activation(
     return out.relu() if activation.endswith("_relu") else out
 
 
+def window_dot(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Logits of queries [B, h, d, N] with their window keys [B, h, d, M, N]: [B, h, N, M].
+
+    Element-wise product and sum: on CPU several times faster than an einsum, which copies the windows.
+    """
+    return (q.unsqueeze(3) * keys).sum(2).transpose(-1, -2)
+
+
+def window_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of window values [B, h, d, M, N] with weights [B, h, N, M]: [B, h, d, N]."""
+    return (weights.transpose(-1, -2).unsqueeze(2) * values).sum(3)
+
+
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -151,10 +164,10 @@ class _KernelSelection(nn.Module):
         return t.reshape(B, N, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def select(self, t: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """Window selection: per-head tokens [B, h, N, d] -> each query's window [B, h, N, window^2, d], zero outside."""
+        """Window selection: per-head tokens [B, h, N, d] -> each query's window [B, h, d, window^2, N], zero outside."""
         B, h, N, d = t.shape
         cols = F.unfold(t.transpose(-1, -2).reshape(B, h * d, H, W), self.window, padding=self.window // 2)
-        return cols.view(B, h, d, self.window**2, N).permute(0, 1, 4, 3, 2)
+        return cols.view(B, h, d, self.window**2, N)
 
     def valid_keys(self, H: int, W: int, device: torch.device) -> torch.Tensor:
         """[N, window^2] mask of the window keys that lie inside the H x W map."""
@@ -218,12 +231,12 @@ class Attention2d(_KernelSelection):
             logits = q @ k.transpose(-2, -1)
         else:
             k, v, valid = self.select(k, H, W), self.select(v, H, W), self.valid_keys(H, W, x.device)
-            logits = torch.einsum("bhnd,bhnmd->bhnm", q, k)
+            logits = window_dot(q.transpose(-1, -2), k)
         bias = self.position_bias(H, W, x.device)
         if bias is not None:
             logits = logits + bias
         attn = self.attn_drop(attention_activation(logits, self.activation, valid))
-        out = attn @ v if self.window is None else torch.einsum("bhnm,bhnmd->bhnd", attn, v)
+        out = attn @ v if self.window is None else window_sum(attn, v).transpose(-1, -2)
         return self.output(out, H, W)
 
 
@@ -251,14 +264,14 @@ class DepthwiseAttention2d(_KernelSelection):
             out = q * k.mean(dim=2, keepdim=True)
         else:
             k, valid = self.select(k, H, W), self.valid_keys(H, W, x.device)
-            out = q * (k.sum(dim=3) / valid.sum(-1, keepdim=True))  # keys outside the map are zero
+            out = q * (k.sum(dim=3) / valid.sum(-1)).transpose(-1, -2)  # keys outside the map are zero
         bias = self.position_bias(H, W, x.device)
         if bias is not None:
             p = bias.expand(B, -1, H * W, -1)
             if valid is not None:
                 p = p.masked_fill(~valid, 0.0)
             p = self.attn_drop(p)
-            out = out + (p @ k if self.window is None else torch.einsum("bhnm,bhnmd->bhnd", p, k))
+            out = out + (p @ k if self.window is None else window_sum(p, k).transpose(-1, -2))
         return self.output(out, H, W)
 
 

@@ -23,8 +23,10 @@ __all__ = [
     "DistInfo",
     "all_reduce_sum",
     "barrier",
+    "broadcast_buffers",
     "broadcast_object",
     "cleanup_distributed",
+    "gather_objects",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -130,3 +132,24 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (small picklable objects, e.g. RNG states)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    Under DDP each rank updates its running statistics from its own shard; before evaluating or
+    saving, all ranks take rank 0's, which are the ones the checkpoint holds.
+    """
+    if is_distributed():
+        for b in module.buffers():
+            dist.broadcast(b, src)

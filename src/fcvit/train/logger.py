@@ -35,14 +35,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, panels: Mapping[str, Sequence[str]]) -> None:
+def plot_curves(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, panels: Mapping[str, Sequence[str]]
+) -> None:
     """Save a figure with one panel per ``{title: [column, ...]}``, x = the ``epoch`` column (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    panels = {t: [c for c in cols if any(c in r and r[c] not in ("", None) for r in rows)] for t, cols in panels.items()}
+    panels = {
+        t: [c for c in cols if any(c in r and r[c] not in ("", None) for r in rows)] for t, cols in panels.items()
+    }
     panels = {t: cols for t, cols in panels.items() if cols}
     if not rows or not panels:
         return

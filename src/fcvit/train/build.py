@@ -1,0 +1,225 @@
+"""From a config to datasets, a data config and loaders (shared by ``train``, ``validate`` and ``predict``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import ImageNetInfo, resolve_model_data_config
+from timm.models import get_pretrained_cfg_value
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from ..data import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST, ImageFolderDataset
+from ..data.loaders import DatasetLoader, TensorLoader
+from ..data.transforms import channel_stats, create_eval_transform, create_train_transform, image_mode
+from .config import FASHION_MNIST, TrainConfig
+from .utils import read_weights
+
+__all__ = [
+    "create_eval_loader",
+    "create_loaders",
+    "is_fashion_mnist",
+    "load_trained_model",
+    "open_dataset",
+    "resolve_data_config",
+]
+
+
+def is_fashion_mnist(data: str) -> bool:
+    return data.lower() in (FASHION_MNIST, "fashion_mnist", "fashionmnist")
+
+
+def open_dataset(
+    data: str,
+    split: str,
+    in_chans: int,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+) -> tuple[Dataset, list[str]]:
+    """A split of Fashion-MNIST or of an ImageFolder tree, and its class names (label order).
+
+    ``data``: ``'fashion-mnist'`` (splits ``train`` and ``val``/``test``) or a directory whose
+    sub-folder ``split`` holds one folder per class; a directory without that sub-folder is itself the
+    class-folder tree. ``limit`` keeps N images (Fashion-MNIST: the first N; folders: a fixed random N,
+    all classes represented in proportion).
+    """
+    if is_fashion_mnist(data):
+        return FashionMNIST(split, root=data_dir, limit=limit), list(FASHION_MNIST_CLASSES)
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {data}: no such directory (and not 'fashion-mnist')")
+    folder = root / split if (root / split).is_dir() else root
+    if folder == root and any((root / s).is_dir() for s in ("train", "val")):
+        raise FileNotFoundError(f"--data {data} has no {split}/ folder")
+    dataset = ImageFolderDataset(folder, mode=image_mode(in_chans))
+    classes = list(dataset.classes)
+    if limit is not None and limit < len(dataset):
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        dataset = Subset(dataset, keep.tolist())
+    return dataset, classes
+
+
+def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """Input size, interpolation, mean/std and eval crop: the config's values, else the data's, else the model's."""
+    model_cfg = resolve_model_data_config(model)
+    fmnist = is_fashion_mnist(cfg.data)
+    in_chans = cfg.in_chans
+    size = cfg.img_size or model_cfg["input_size"][-1]
+    mean = cfg.mean or (FASHION_MNIST_MEAN if fmnist else model_cfg["mean"])
+    std = cfg.std or (FASHION_MNIST_STD if fmnist else model_cfg["std"])
+    return {
+        "input_size": [in_chans, size, size],
+        "interpolation": cfg.interpolation or model_cfg.get("interpolation", "bicubic"),
+        "mean": list(channel_stats(mean, in_chans)),
+        "std": list(channel_stats(std, in_chans)),
+        "crop_pct": cfg.crop_pct or (1.0 if fmnist else model_cfg.get("crop_pct", 0.875)),
+        "crop_mode": model_cfg.get("crop_mode", "center"),
+    }
+
+
+def _in_memory(dataset: Dataset, data_config: dict[str, Any]) -> bool:
+    """The tensor path applies: Fashion-MNIST at its native 28 px (no resize), grey or repeated to RGB."""
+    return isinstance(dataset, FashionMNIST) and tuple(data_config["input_size"][1:]) == tuple(
+        dataset.images.shape[-2:]
+    )
+
+
+def create_eval_loader(
+    dataset: Dataset,
+    data_config: dict[str, Any],
+    batch_size: int,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_bad: bool = False,
+    pin_memory: bool = False,
+):
+    """Evaluation batches: every sample once, through the eval transform of ``data_config``."""
+    if _in_memory(dataset, data_config) and data_config["crop_pct"] == 1.0:
+        mean, std, in_chans = data_config["mean"], data_config["std"], data_config["input_size"][0]
+        return TensorLoader(
+            dataset.images, dataset.targets, batch_size, False, mean, std, in_chans, 0, 0.0, 0, rank, world_size
+        )
+    return DatasetLoader(
+        dataset,
+        create_eval_transform(data_config),
+        batch_size,
+        train=False,
+        workers=workers,
+        rank=rank,
+        world_size=world_size,
+        skip_bad=skip_bad,
+        pin_memory=pin_memory,
+    )
+
+
+def create_loaders(
+    cfg: TrainConfig,
+    data_config: dict[str, Any],
+    train_set: Dataset,
+    val_set: Dataset,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+):
+    """Train and validation loaders. Light augmentation of Fashion-MNIST runs on tensors (same result as
+    the PIL path, far cheaper); anything else (RandAugment, erasing, jitter, resizing) goes through timm."""
+    light = cfg.crop_mode == "pad" and cfg.aa in (None, "", "none") and not cfg.reprob and not cfg.color_jitter
+    if light and _in_memory(train_set, data_config):
+        mean, std, in_chans = data_config["mean"], data_config["std"], data_config["input_size"][0]
+        train_loader = TensorLoader(
+            train_set.images,
+            train_set.targets,
+            cfg.batch_size,
+            True,
+            mean,
+            std,
+            in_chans,
+            cfg.crop_pad,
+            cfg.hflip,
+            cfg.seed,
+            rank,
+            world_size,
+        )
+    else:
+        transform = create_train_transform(
+            data_config,
+            crop_mode=cfg.crop_mode,
+            crop_pad=cfg.crop_pad,
+            scale=cfg.scale,
+            hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter,
+            auto_augment=cfg.aa,
+            re_prob=cfg.reprob,
+            re_mode=cfg.remode,
+        )
+        train_loader = DatasetLoader(
+            train_set,
+            transform,
+            cfg.batch_size,
+            train=True,
+            workers=cfg.workers,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world_size,
+            skip_bad=cfg.skip_bad_images,
+            pin_memory=pin_memory,
+        )
+    val_loader = create_eval_loader(
+        val_set, data_config, cfg.batch_size, cfg.workers, rank, world_size, cfg.skip_bad_images, pin_memory
+    )
+    return train_loader, val_loader
+
+
+def load_trained_model(
+    model_name: str | None,
+    checkpoint: str | os.PathLike,
+    ema: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+    in_chans: int | None = None,
+) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """A model with the weights of ``checkpoint``, its eval data config and its class names.
+
+    ``fcvit train`` checkpoints carry the model name, keyword arguments, class names and data config;
+    for other checkpoints (timm, official FCViT, bare state dicts) the classes are counted from the
+    classifier weights and the data config comes from the model's pretrained_cfg.
+    """
+    weights, meta = read_weights(checkpoint, ema=ema)
+    model_name = model_name or meta.get("model_name")
+    if not model_name:
+        raise ValueError(f"{checkpoint} does not say which model it holds: pass --model")
+    if meta.get("model_name") and meta["model_name"] != model_name:
+        raise ValueError(f"{checkpoint} holds a {meta['model_name']}, not a {model_name}")
+    kwargs = {**meta.get("model_kwargs", {}), **(model_kwargs or {})}
+    saved_config = meta.get("data_config")
+    num_classes = meta.get("num_classes")
+    if num_classes is None:
+        classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"
+        head = weights.get(f"{classifier}.weight")
+        num_classes = head.shape[0] if head is not None else 1000
+    in_chans = in_chans or (saved_config["input_size"][0] if saved_config else 3)
+    model = timm.create_model(model_name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.load_state_dict(weights)
+    model.eval()
+    if saved_config:
+        data_config = dict(saved_config)
+    else:
+        data_config = resolve_model_data_config(model)
+        data_config = {
+            **data_config,
+            "input_size": [in_chans, *data_config["input_size"][1:]],
+            "mean": list(channel_stats(data_config["mean"], in_chans)),
+            "std": list(channel_stats(data_config["std"], in_chans)),
+        }
+    class_names = meta.get("class_names")
+    if not class_names:
+        if num_classes == 1000:
+            info = ImageNetInfo()
+            class_names = [info.index_to_description(i) for i in range(num_classes)]
+        else:
+            class_names = [f"class_{i}" for i in range(num_classes)]
+    return model, data_config, list(class_names)
