@@ -12,14 +12,16 @@ DEAD_BY_CONSTRUCTION = ("conv_p.bias",)
 def check_gradients(module: nn.Module) -> None:
     """After a backward pass: every parameter has a finite, non-zero gradient, except the dead-by-construction ones.
 
-    Those are checked to be zero up to round-off.
+    Those are checked to be zero up to round-off (1e-5 of the largest gradient).
     """
-    missing = []
-    for name, p in module.named_parameters():
-        assert p.grad is not None, f"no gradient reaches {name}"
+    params = dict(module.named_parameters())
+    missing = [name for name, p in params.items() if p.grad is None]
+    assert not missing, f"no gradient reaches {missing}"
+    largest = max(p.grad.abs().max() for p in params.values())
+    for name, p in params.items():
         assert torch.isfinite(p.grad).all(), f"non-finite gradient in {name}"
         if name.endswith(DEAD_BY_CONSTRUCTION):
-            assert p.grad.abs().max() < 1e-8, f"{name} should get no gradient, got {p.grad.abs().max()}"
+            assert p.grad.abs().max() <= 1e-5 * largest, f"{name} should get no gradient, got {p.grad.abs().max()}"
         elif not p.grad.abs().sum() > 0:
             missing.append(name)
     assert not missing, f"zero gradient for {missing}"

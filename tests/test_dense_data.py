@@ -14,6 +14,8 @@ from fcvit.dense.config import CanvasConfig
 from fcvit.dense.data import CocoInstances, SemanticSegmentation, make_canvas, make_dense_dataset
 from fcvit.dense.metrics import ConfusionMatrix, coco_evaluate, detections_to_coco
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
 try:
     fashion_mnist_paths("train")
     fashion_mnist_paths("test")

@@ -45,21 +45,15 @@ def _rows(run_dir) -> list[dict]:
 def _train_resume_eval(task, data_dir, out, first, more, capsys) -> tuple:
     """Train ``first`` args into ``out/run``, resume with ``more``, then eval the run; returns (run_dir, eval dict)."""
     extra = TINY + (DET if task == "det" else SEG)
-    assert (
-        main(
-            [task, "train", "--data-dir", str(data_dir), "--output", str(out), "--name", "run", "--eval-before"]
-            + extra
-            + first
-        )
-        == 0
-    )
+    args = [task, "train", "--data-dir", str(data_dir), "--output", str(out), "--experiment", "run", "--eval-before"]
+    assert main(args + extra + first) == 0
     run_dir = out / "run"
-    for name in ("config.json", "last.pth", "best.pth", "metrics.csv", "curves.png", "summary.json"):
+    for name in ("config.yaml", "checkpoint-last.pth", "checkpoint-best.pth", "metrics.csv", "curves.png"):
         assert (run_dir / name).is_file(), name
-    assert main([task, "train", "--resume", str(run_dir)] + more) == 0
+    assert main([task, "train", "--resume", str(run_dir / "checkpoint-last.pth")] + more) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     capsys.readouterr()
-    assert main([task, "eval", str(run_dir / "last.pth"), "--output", str(out / "eval.json")]) == 0
+    assert main([task, "eval", str(run_dir / "checkpoint-last.pth"), "--output", str(out / "eval.json")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((out / "eval.json").read_text())
     return run_dir, summary, printed
@@ -72,14 +66,14 @@ def test_det_train_resume_eval_predict(data, tmp_path, capsys):
     rows = _rows(run_dir)
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # row 0: before training
     assert [r["iter"] for r in rows] == ["0", "2", "4"]  # 4 images, batch 2: 2 steps per epoch
-    config, ckpt = load_trained(run_dir / "last.pth", "det")
+    config, ckpt = load_trained(run_dir / "checkpoint-last.pth", "det")
     assert ckpt["round"] == 2 and ckpt["step"] == 4 and DetConfig(**config).num_classes == 11
     assert ckpt["class_names"][1] == "T-shirt/top"
     # checkpoint round trip: the evaluation of the saved model reproduces the training run's last evaluation
     for k in ("bbox_AP", "bbox_AP50", "segm_AP"):
         assert ev[k] == pytest.approx(summary["final"][k], abs=1e-9), k
     with pytest.raises(ValueError, match="'det' checkpoint"):
-        load_trained(run_dir / "last.pth", "seg")
+        load_trained(run_dir / "checkpoint-last.pth", "seg")
     images = sorted((data / "coco" / "val2017").glob("*.png"))
     out = tmp_path / "pred"
     assert main(["det", "predict", str(run_dir), *map(str, images), "--out", str(out), "--score-threshold", "0"]) == 0
@@ -98,15 +92,15 @@ def test_seg_train_resume_eval_predict(data, tmp_path, capsys):
     )
     # the first run trained all 4 iterations; resuming a finished run adds nothing
     assert [r["iter"] for r in _rows(run_dir)] == ["0", "2", "4"]
-    config, ckpt = load_trained(run_dir / "last.pth", "seg")
-    assert load_trained(run_dir, "seg")[1]["best"] == ckpt["best"]  # a run directory means its best.pth
+    config, ckpt = load_trained(run_dir / "checkpoint-last.pth", "seg")
+    assert load_trained(run_dir, "seg")[1]["best"] == ckpt["best"]  # a run directory means its best checkpoint
     cfg = SegConfig(**config)
     assert (cfg.num_classes, cfg.reduce_zero_label) == (11, False) and ckpt["step"] == 4
     assert ev["mIoU"] == pytest.approx(json.loads((run_dir / "summary.json").read_text())["final"]["mIoU"])
     assert 0.0 <= ev["mIoU"] <= 1.0 and 0.0 <= ev["aAcc"] <= 1.0
     images = sorted((data / "ade" / "images" / "validation").glob("*.png"))
     out = tmp_path / "pred"
-    assert main(["seg", "predict", str(run_dir / "best.pth"), str(images[0].parent), "--out", str(out)]) == 0
+    assert main(["seg", "predict", str(run_dir / "checkpoint-best.pth"), str(images[0].parent), "--out", str(out)]) == 0
     for img in images:
         with Image.open(out / f"{img.stem}_labels.png") as labels, Image.open(img) as src:
             assert labels.format == "PNG" and labels.mode == "P" and labels.size == src.size
@@ -116,15 +110,21 @@ def test_seg_train_resume_eval_predict(data, tmp_path, capsys):
     assert summary["steps"] == 4
 
 
-def test_train_refuses_to_overwrite_and_bad_config(data, tmp_path):
-    args = ["seg", "train", "--data-dir", str(data / "ade"), "--output", str(tmp_path), "--name", "r"]
+def test_train_bad_input_is_one_line_and_exit_1(data, tmp_path, capsys):
+    args = ["seg", "train", "--data-dir", str(data / "ade"), "--output", str(tmp_path), "--experiment", "r"]
     assert main(args + TINY + SEG + ["--iters", "1", "--eval-interval", "1"]) == 0
-    with pytest.raises(FileExistsError, match="--resume"):
-        main(args + TINY + SEG)
+    capsys.readouterr()
+    assert main(args + TINY + SEG) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fcvit seg train: error:") and "--resume" in err and len(err.splitlines()) == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 0.1\nlearning_rate: 3\n")
-    with pytest.raises(ValueError, match="learning_rate"):
-        main(["seg", "train", "--data-dir", str(data / "ade"), "--config", str(bad)])
+    assert main(["seg", "train", "--data-dir", str(data / "ade"), "--config", str(bad)]) == 1
+    assert "learning_rate" in capsys.readouterr().err
+    assert main(["det", "train", "--data-dir", str(tmp_path / "nowhere")] + TINY) == 1
+    assert "instances_train2017.json" in capsys.readouterr().err
+    assert main(["det", "eval", str(tmp_path / "r" / "checkpoint-last.pth")]) == 1
+    assert "'seg' checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo tested on Linux")
@@ -132,10 +132,10 @@ def test_seg_train_under_torchrun_two_processes(data, tmp_path):
     """Two CPU processes (gloo): one batch split over ranks, evaluation gathered; rank 0 writes the run."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "fcvit.cli", "seg", "train", "--data-dir", str(data / "ade"), "--output", str(tmp_path)]
-    cmd += ["--name", "ddp", "--iters", "2", "--eval-interval", "2", "--device", "cpu"] + TINY + SEG
+    cmd += ["--experiment", "ddp", "--iters", "2", "--eval-interval", "2", "--device", "cpu"] + TINY + SEG
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
-    assert torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "ddp" / "checkpoint-last.pth", weights_only=True)["step"] == 2

@@ -14,6 +14,16 @@ from fcvit.layers.attention import AbsolutePositionEmbedding
 from fcvit.models.mixers import MIXERS, VARIANTS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for this module: on a shared, loaded 2-core machine OpenMP's spin-waiting made the
+    train steps here ~15x slower with two threads (6 min against 27 s for the mixer tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _input_size(name: str) -> int:
     """Smallest convenient input: ACmix's 7x7 reflection padding needs 4x4 maps in the last stage."""
     hierarchical = VARIANTS[name][0] is fcvit.FCViT
@@ -53,7 +63,8 @@ def test_features_only(name):
         maps = model(torch.randn(1, 3, size, size))
     if VARIANTS[name][0] is fcvit.FCViT:
         dims = VARIANTS[name][1]["dims"]
-        assert [tuple(m.shape) for m in maps] == [(1, d, size // (4 * 2**i), size // (4 * 2**i)) for i, d in enumerate(dims)]
+        sides = [size // (4 * 2**i) for i in range(4)]
+        assert [tuple(m.shape) for m in maps] == [(1, d, s, s) for d, s in zip(dims, sides)]
     else:
         assert [tuple(m.shape) for m in maps] == [(1, 384, size // 16, size // 16)]
 

@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "fcvit.analysis.cli",
     "fcvit.dense.cli",
     "fcvit.train.cli",
+    "fcvit.bench.cli",
+    "fcvit.export",
 )
 
 

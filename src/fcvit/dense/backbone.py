@@ -42,14 +42,24 @@ def create_feature_backbone(
     return timm.create_model(model_name, features_only=True, **model_kwargs)
 
 
-def normalization(model_name: str) -> tuple[list[float], list[float]]:
-    """(mean, std) of ``model_name``'s pretraining, from its timm pretrained config (ImageNet's for FCViT)."""
+def normalization(
+    model_name: str, checkpoint: str | os.PathLike | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone was pretrained with: the ``data_config`` that ``fcvit train`` checkpoints
+    record (e.g. Fashion-MNIST's), else ``model_name``'s timm pretrained config (ImageNet's for FCViT)."""
     import fcvit  # noqa: F401  (registers the models with timm)
 
+    if checkpoint is not None and Path(checkpoint).suffix != ".safetensors":
+        from ..train.checkpoint import load_checkpoint
+
+        data_config = load_checkpoint(checkpoint).get("data_config") or {}
+        if "mean" in data_config and "std" in data_config:
+            mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+            return (mean * 3, std * 3) if len(mean) == 1 else (mean, std)  # grey statistics for RGB input
     cfg = timm.models.get_pretrained_cfg(model_name)
     if cfg is None:
-        return list(timm.data.IMAGENET_DEFAULT_MEAN), list(timm.data.IMAGENET_DEFAULT_STD)
-    return list(cfg.mean), list(cfg.std)
+        return tuple(timm.data.IMAGENET_DEFAULT_MEAN), tuple(timm.data.IMAGENET_DEFAULT_STD)
+    return tuple(cfg.mean), tuple(cfg.std)
 
 
 class FCViTFPN(nn.Module):

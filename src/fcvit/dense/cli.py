@@ -2,8 +2,9 @@
 
 Training flags are the fields of :class:`~fcvit.dense.config.DetConfig` / :class:`~fcvit.dense.config.SegConfig`
 (``--lr``, ``--train-sizes 480 512``, ``--model-kwargs '{"depths": [1, 1, 1, 1]}'``). Precedence, lowest
-first: the paper's defaults, ``--preset``, ``--config FILE.yaml``, flags given. ``--resume RUN_DIR``
-continues a run from its ``last.pth`` with its ``config.json`` (flags given still override, e.g. more epochs).
+first: the paper's defaults, ``--preset``, ``--config FILE.yaml`` (e.g. a run's ``config.yaml``), flags given.
+``--resume RUN/checkpoint-last.pth`` continues a run with its own config (flags given still override,
+e.g. more epochs). Run directories and failures look as ``fcvit train``'s: bad input is one line, exit 1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 import time
 import types
 import typing
@@ -23,12 +26,17 @@ TASKS = {"det": DetConfig, "seg": SegConfig}
 TASK_HELP = {"det": "Mask R-CNN detection / instance segmentation", "seg": "Semantic FPN semantic segmentation"}
 
 
+def _unoptional(hint: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
 def _flag_spec(hint: Any) -> dict[str, Any]:
     """argparse keywords for a config field's type hint (``X | None`` as ``X``)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = args[0]
-        args = list(typing.get_args(hint))
+    hint = _unoptional(hint)
+    args = typing.get_args(hint)
     if hint is bool:
         return dict(action=argparse.BooleanOptionalAction)
     if typing.get_origin(hint) is tuple:
@@ -71,7 +79,7 @@ def build_config(task: str, args: argparse.Namespace, base: dict[str, Any] | Non
     values.update({k: v for k, v in vars(args).items() if k in names})
     hints = typing.get_type_hints(cls)
     for k, v in values.items():  # JSON/YAML give lists where the config holds tuples
-        if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
+        if isinstance(v, list) and typing.get_origin(_unoptional(hints[k])) is tuple:
             values[k] = tuple(v)
     return cls(**values)
 
@@ -86,28 +94,37 @@ def _make_task(task: str, cfg):
     return SegmentationTask(cfg)
 
 
+def _run_dir(args: argparse.Namespace, cfg) -> Path:
+    """``--output/--experiment`` (default ``TASK-MODEL-TIMESTAMP``, chosen on rank 0), or the resumed run's."""
+    from ..train.distributed import broadcast_object
+
+    if args.resume and not args.experiment:
+        resume = Path(args.resume)
+        return resume if resume.is_dir() else resume.parent
+    name = args.experiment or f"{args.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(args.output) / broadcast_object(name)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from ..train.distributed import broadcast_object, init_distributed
+    from ..train.distributed import init_distributed
+    from .engine import LAST, load_trained, train
 
     info = init_distributed(args.device)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.json there (is it a run directory?)")
-        cfg = build_config(args.task, args, base=json.loads((run_dir / "config.json").read_text()))
-    else:
-        cfg = build_config(args.task, args)
-        if not cfg.data_dir:
-            raise SystemExit(f"fcvit {args.task} train: --data-dir is required")
-        name = args.name or f"{args.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.output) / broadcast_object(name)
-        if (run_dir / "last.pth").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --name")
-    from .engine import train
-
-    summary = train(
-        _make_task(args.task, cfg), run_dir, bool(args.resume), str(info.device), args.eval_before, args.log_interval
+    base = (
+        load_trained(Path(args.resume) / LAST if Path(args.resume).is_dir() else args.resume, args.task)[0]
+        if args.resume
+        else None
     )
+    cfg = build_config(args.task, args, base=base)
+    if not cfg.data_dir:
+        raise ValueError("--data-dir is required")
+    run_dir = _run_dir(args, cfg)
+    if not args.resume and (run_dir / LAST).exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; --resume {run_dir / LAST} or choose another --experiment"
+        )
+    task = _make_task(args.task, cfg)
+    summary = train(task, run_dir, bool(args.resume), str(info.device), args.eval_before, args.log_interval)
     if info.is_main:
         print(json.dumps(summary, indent=2))
     return 0
@@ -164,6 +181,23 @@ def run_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guarded(command: str, func):
+    """``func`` failing as ``fcvit train`` does on bad input: one line naming the problem on stderr, exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        from ..train.checkpoint import CheckpointError
+        from ..train.utils import NonFiniteLossError
+
+        try:
+            return func(args)
+        except (OSError, ValueError, CheckpointError, NonFiniteLossError) as e:
+            rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") != "1" else None
+            print(f"fcvit {command}{f' [rank {rank}]' if rank else ''}: error: {e}", file=sys.stderr, flush=True)
+            return 1
+
+    return run
+
+
 def _common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
     p.set_defaults(task=task)
@@ -179,36 +213,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--fashion-root", default=None, help="Fashion-MNIST root (default: the system copy)")
     add_config_flags(m, CanvasConfig, "canvases")
-    m.set_defaults(func=run_make_data)
+    m.set_defaults(func=_guarded("dense make-data", run_make_data))
 
     for task, cls in TASKS.items():
         t = subparsers.add_parser(task, help=TASK_HELP[task])
         actions = t.add_subparsers(dest=f"{task}_command", required=True, metavar="ACTION")
         tr = actions.add_parser("train", help=f"train ({TASK_HELP[task]})")
         tr.add_argument("--output", default="runs", help="parent of the run directory")
-        tr.add_argument("--name", default=None, help=f"run directory name (default: {task}-MODEL-TIMESTAMP)")
-        tr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+        tr.add_argument("--experiment", default="", help=f"run directory name (default: {task}-MODEL-TIMESTAMP)")
+        tr.add_argument(
+            "--resume",
+            default="",
+            metavar="CHECKPOINT",
+            help="continue from this checkpoint-last.pth (or run directory)",
+        )
         tr.add_argument("--preset", choices=sorted(PRESETS[task]), default=None, help="a small recipe (CPU demo)")
         tr.add_argument("--config", default=None, help="YAML file of recipe fields")
         tr.add_argument("--eval-before", action="store_true", help="evaluate once before training (row 0)")
         tr.add_argument("--log-interval", type=int, default=20)
         _common(tr, task)
         add_config_flags(tr, cls)
-        tr.set_defaults(func=run_train)
+        tr.set_defaults(func=_guarded(f"{task} train", run_train))
 
         ev = actions.add_parser("eval", help="evaluate a checkpoint (COCO AP / mIoU)")
-        ev.add_argument("checkpoint", help="a .pth written by train, or a run directory (its best.pth)")
+        ev.add_argument("checkpoint", help="a .pth written by train, or a run directory (its checkpoint-best.pth)")
         ev.add_argument("--data-dir", default=None, help="dataset root (default: the one trained on)")
         ev.add_argument("--split", default="val")
         ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
         _common(ev, task)
-        ev.set_defaults(func=run_eval)
+        ev.set_defaults(func=_guarded(f"{task} eval", run_eval))
 
         pr = actions.add_parser("predict", help="write overlay PNGs for images")
-        pr.add_argument("checkpoint", help="a .pth written by train, or a run directory (its best.pth)")
+        pr.add_argument("checkpoint", help="a .pth written by train, or a run directory (its checkpoint-best.pth)")
         pr.add_argument("images", nargs="+", help="image files or directories")
         pr.add_argument("--out", required=True, help="output directory for the PNGs")
         if task == "det":
             pr.add_argument("--score-threshold", type=float, default=0.5)
         _common(pr, task)
-        pr.set_defaults(func=run_predict)
+        pr.set_defaults(func=_guarded(f"{task} predict", run_predict))

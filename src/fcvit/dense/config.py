@@ -42,6 +42,8 @@ class DetConfig:
     model: str = "fcvit_b12"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # classification checkpoint initialising the backbone
+    mean: tuple[float, ...] | None = None  # input normalisation; None: the checkpoint's (fcvit train), else timm's
+    std: tuple[float, ...] | None = None
     num_classes: int | None = None  # None: max category_id of the training set + 1 (background)
     epochs: int = 12
     lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the lr is divided by 10
@@ -59,7 +61,7 @@ class DetConfig:
     box_detections_per_img: int = 100
     workers: int = 4
     seed: int = 0
-    amp: bool = False
+    amp: bool = False  # bfloat16 autocast, CUDA only
     grad_clip: float | None = None
 
 
@@ -71,6 +73,8 @@ class SegConfig:
     model: str = "fcvit_b12"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # classification checkpoint initialising the backbone
+    mean: tuple[float, ...] | None = None  # input normalisation; None: the checkpoint's (fcvit train), else timm's
+    std: tuple[float, ...] | None = None
     num_classes: int | None = None  # None: from DATA/classes.json, else 150 (ADE20K)
     reduce_zero_label: bool | None = None  # None: from DATA/classes.json, else True (ADE20K)
     iters: int = 40_000
@@ -88,7 +92,7 @@ class SegConfig:
     dropout: float = 0.1
     workers: int = 4
     seed: int = 0
-    amp: bool = False
+    amp: bool = False  # bfloat16 autocast, CUDA only
     grad_clip: float | None = None
 
 

@@ -35,22 +35,26 @@ def build_mask_rcnn(
     representation_size: int = 1024,
     train_sizes: tuple[int, ...] = (800,),
     max_size: int = 1333,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     **rcnn_kwargs: Any,
 ) -> MaskRCNN:
     """torchvision ``MaskRCNN`` on an FCViT + FPN backbone (``num_classes`` includes background).
 
     ``fpn_channels`` sets the FPN, RoI and mask-head width (torchvision's 256 by default),
-    ``representation_size`` the box head's; ``rcnn_kwargs`` go to ``MaskRCNN`` (RPN/RoI sampling, ...).
+    ``representation_size`` the box head's; ``mean``/``std`` normalise the input (default: the backbone's
+    pretraining, :func:`~fcvit.dense.backbone.normalization`); ``rcnn_kwargs`` go to ``MaskRCNN``.
     """
     body = create_feature_backbone(model, checkpoint, **(model_kwargs or {}))
     backbone = FCViTFPN(body, fpn_channels, extra_pool=True)
-    mean, std = normalization(model)
+    if mean is None or std is None:
+        mean, std = normalization(model, checkpoint)
     return MaskRCNN(
         backbone,
         min_size=tuple(train_sizes),
         max_size=max_size,
-        image_mean=mean,
-        image_std=std,
+        image_mean=list(mean),
+        image_std=list(std),
         box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
         box_predictor=FastRCNNPredictor(representation_size, num_classes),
         mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
@@ -91,6 +95,8 @@ class DetectionTask:
     def __init__(self, cfg: DetConfig):
         self.cfg = cfg
         self.class_names: list[str] = []
+        if cfg.mean is None or cfg.std is None:
+            cfg.mean, cfg.std = normalization(cfg.model, cfg.checkpoint)
 
     def dataset(self, split: str, train: bool = False) -> CocoInstances:
         """A COCO split (train: flipped, crowd regions dropped); the first one read fixes classes and names."""
@@ -155,6 +161,8 @@ def model_from_config(cfg: DetConfig) -> MaskRCNN:
         cfg.representation_size,
         cfg.train_sizes,
         cfg.max_size,
+        cfg.mean,
+        cfg.std,
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img,

@@ -5,7 +5,8 @@ Detection rounds are epochs (one pass over the data, the paper's 12); segmentati
 What differs between the tasks (model, data, loss, evaluation, lr schedule) comes from a task
 object (:class:`~fcvit.dense.detection.DetectionTask`, :class:`~fcvit.dense.segmentation.SegmentationTask`).
 
-Run directory: ``config.json``, ``last.pth`` (every round; ``resume`` continues from it), ``best.pth``
+Run directory, as ``fcvit train``'s: ``config.yaml`` (``--config`` reproduces the run),
+``checkpoint-last.pth`` (every round; ``resume`` continues from it), ``checkpoint-best.pth``
 (best ``task.main_metric``), ``metrics.csv`` (one row per round, round 0 = before training when
 ``eval_before``), TensorBoard ``tb/``, ``curves.png`` and ``summary.json`` (:class:`fcvit.train.logger.RunLogger`).
 Under torchrun every process takes ``batch_size / world_size`` images per step.
@@ -13,7 +14,6 @@ Under torchrun every process takes ``batch_size / world_size`` images per step.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -26,17 +26,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from ..train.checkpoint import load_checkpoint, save_checkpoint
-from ..train.distributed import all_reduce_sum, cleanup_distributed, init_distributed
+from ..train.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
 from ..train.logger import Progress, RunLogger
+from ..train.utils import NonFiniteLossError, seed_everything
 
-__all__ = ["DenseTask", "eval_loader", "evaluate_split", "load_trained", "train"]
+__all__ = ["BEST", "LAST", "DenseTask", "eval_loader", "evaluate_split", "load_trained", "save_config", "train"]
+
+LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
 
 
 class DenseTask(Protocol):
     """What the training loop needs to know about a task."""
 
     name: str  # "det" / "seg"
-    main_metric: str  # metric that picks best.pth
+    main_metric: str  # metric that picks checkpoint-best.pth
     panels: dict[str, list[str]]  # curves.png panels: {title: [metrics.csv column, ...]}
     cfg: Any  # the task's config dataclass
     class_names: list[str]
@@ -56,6 +59,19 @@ class DenseTask(Protocol):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
 
     def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list: ...
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    """``cfg`` (a config dataclass) as YAML, tuples as lists; ``--config`` reads it back."""
+    import yaml
+
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def _autocast(cfg: Any, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast on CUDA when ``cfg.amp``; a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp) and device.type == "cuda")
 
 
 def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
@@ -105,7 +121,7 @@ def train(
     """Train ``task`` into ``run_dir`` (see the module doc); returns the summary (also ``summary.json``)."""
     cfg, run_dir = task.cfg, Path(run_dir)
     info = init_distributed(device)
-    torch.manual_seed(cfg.seed + info.rank)
+    seed_everything(cfg.seed + info.rank)
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
 
@@ -130,9 +146,9 @@ def train(
 
     start_round, step, best, metrics = 0, 0, float("-inf"), {}
     if resume:
-        ckpt = load_checkpoint(run_dir / "last.pth")
+        ckpt = load_checkpoint(run_dir / LAST)
         if ckpt.get("task") != task.name:
-            raise ValueError(f"{run_dir / 'last.pth'} is a {ckpt.get('task')!r} checkpoint, not {task.name!r}")
+            raise ValueError(f"{run_dir / LAST} is a {ckpt.get('task')!r} checkpoint, not {task.name!r}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_round, step, best, metrics = ckpt["round"], ckpt["step"], ckpt["best"], ckpt["metrics"]
@@ -142,10 +158,11 @@ def train(
         run_dir, enabled=info.is_main, resume_epoch=start_round + 1 if resume else None, purge_step=step or None
     )
     if info.is_main:
-        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    amp = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+        save_config(cfg, run_dir / "config.yaml")
+    amp = _autocast(cfg, info.device)
 
     def evaluate() -> dict[str, float]:
+        broadcast_buffers(model)  # BatchNorm statistics: rank 0's on every rank, as the checkpoint holds them
         model.eval()
         with torch.no_grad(), amp:
             return task.evaluate(model, val_loader, info.device)
@@ -163,7 +180,7 @@ def train(
             with amp:
                 loss, n = task.loss(ddp, batch, info.device)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{task.name} training loss is {loss.item()} at step {step}")
+                raise NonFiniteLossError(f"{task.name} training loss is {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -186,9 +203,9 @@ def train(
             improved = metrics[task.main_metric] > best
             best = max(best, metrics[task.main_metric])
             ckpt = _checkpoint(model, optimizer, task, round_ + 1, step, best, metrics)
-            save_checkpoint(ckpt, run_dir / "last.pth")
+            save_checkpoint(ckpt, run_dir / LAST)
             if improved:
-                save_checkpoint(ckpt, run_dir / "best.pth")
+                save_checkpoint(ckpt, run_dir / BEST)
     summary = dict(
         task=task.name,
         run_dir=str(run_dir),
@@ -209,15 +226,15 @@ def evaluate_split(task: DenseTask, model: nn.Module, split: str, device: str | 
     info = init_distributed(device)
     dataset = task.dataset(split)
     model.to(info.device).eval()
-    with torch.no_grad(), torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=task.cfg.amp):
+    with torch.no_grad(), _autocast(task.cfg, info.device):
         return task.evaluate(model, eval_loader(task, dataset, info.rank, info.world_size), info.device), len(dataset)
 
 
 def load_trained(path: str | os.PathLike, task_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(config dict, checkpoint)`` of a ``fcvit det|seg train`` checkpoint, or of a run directory's ``best.pth``."""
+    """``(config dict, checkpoint)`` of a ``fcvit det|seg train`` checkpoint, or of a run directory's best one."""
     path = Path(path)
     if path.is_dir():
-        path = path / "best.pth"
+        path = path / BEST
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != task_name:
         raise ValueError(

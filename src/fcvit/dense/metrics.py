@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..train.distributed import is_distributed
+from ..train.distributed import gather_objects, is_distributed
 
 __all__ = ["ConfusionMatrix", "coco_evaluate", "detections_to_coco", "gather_lists"]
 
@@ -23,11 +23,7 @@ _COCO_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}
 
 def gather_lists(items: list[Any]) -> list[Any]:
     """The concatenation of every rank's ``items`` (identity in a single process)."""
-    if not is_distributed():
-        return list(items)
-    parts: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
+    return [x for part in gather_objects(items) for x in part]
 
 
 def detections_to_coco(

@@ -107,7 +107,7 @@ def model_from_config(cfg: SegConfig) -> SemanticFPN:
     )
 
 
-def train_transforms(cfg: SegConfig, mean: list[float], std: list[float]):
+def train_transforms(cfg: SegConfig, mean: tuple[float, ...], std: tuple[float, ...]):
     """mmsegmentation's ADE20K pipeline in torchvision v2: random resize (short side ``scale_range`` x crop),
     ``crop_size`` crop (padded with ignore), flip, photometric jitter, normalisation."""
     from torchvision import tv_tensors
@@ -130,7 +130,7 @@ class ImageTransform:
     """Evaluation: resize the short side to ``size`` (long side at most 4x) and normalise the image; the label
     keeps its original size, as mmsegmentation scores predictions resized back to the label."""
 
-    def __init__(self, size: int, mean: list[float], std: list[float]):
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]):
         from torchvision.transforms import v2
 
         self.transform = v2.Compose(
@@ -151,6 +151,8 @@ class SegmentationTask:
 
     def __init__(self, cfg: SegConfig):
         self.cfg = cfg
+        if cfg.mean is None or cfg.std is None:
+            cfg.mean, cfg.std = normalization(cfg.model, cfg.checkpoint)
         names, reduce_zero = read_class_names(cfg.data_dir)
         if cfg.reduce_zero_label is None:
             cfg.reduce_zero_label = True if reduce_zero is None else reduce_zero
@@ -165,7 +167,7 @@ class SegmentationTask:
 
     def dataset(self, split: str, train: bool = False) -> SemanticSegmentation:
         """A split with the training pipeline (random resize, crop, flip, jitter) or the evaluation resize."""
-        mean, std = normalization(self.cfg.model)
+        mean, std = self.cfg.mean, self.cfg.std
         transform = train_transforms(self.cfg, mean, std) if train else ImageTransform(self.cfg.test_size, mean, std)
         return SemanticSegmentation(self.cfg.data_dir, split, transform, self.cfg.reduce_zero_label)
 
@@ -195,8 +197,8 @@ class SegmentationTask:
         return evaluate_segmentation(model, loader, device, self.cfg.num_classes)
 
     def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list:
-        mean, std = normalization(self.cfg.model)
-        return predict_segmentation(model, files, out_dir, self.cfg.num_classes, self.cfg.test_size, mean, std, device)
+        cfg = self.cfg
+        return predict_segmentation(model, files, out_dir, cfg.num_classes, cfg.test_size, cfg.mean, cfg.std, device)
 
 
 @torch.no_grad()
@@ -226,8 +228,8 @@ def predict_segmentation(
     out_dir: str | os.PathLike,
     num_classes: int,
     test_size: int,
-    mean: list[float],
-    std: list[float],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     device: torch.device,
 ) -> list[Path]:
     """Segment each image file; write ``OUT/<stem>_labels.png`` (palette PNG: pixel value = class, shown in

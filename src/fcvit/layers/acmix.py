@@ -30,9 +30,9 @@ from .registry import register_token_mixer
 
 def coordinate_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     """The [1, 2, H, W] grid of ACmix's position term: x (-1..1 along W) then y (-1..1 along H)."""
-    loc_w = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype).view(1, width).expand(height, width)
-    loc_h = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype).view(height, 1).expand(height, width)
-    return torch.stack([loc_w, loc_h]).unsqueeze(0)
+    loc_w = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype).view(1, width)
+    loc_h = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype).view(height, 1)
+    return torch.stack([loc_w.expand(height, width), loc_h.expand(height, width)]).unsqueeze(0)
 
 
 class ACmix(nn.Module):

@@ -151,9 +151,8 @@ class _KernelSelection(nn.Module):
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] map (plus absolute position) -> [B, N, C] tokens."""
         if x.ndim != 4 or x.shape[1] != self.proj.in_features:
-            raise ValueError(
-                f"{type(self).__name__} expects [B, {self.proj.in_features}, H, W], got a tensor of shape {list(x.shape)}"
-            )
+            dim = self.proj.in_features
+            raise ValueError(f"{type(self).__name__} expects [B, {dim}, H, W], got a tensor of shape {list(x.shape)}")
         if self.abs_pos is not None:
             x = self.abs_pos(x)
         return x.flatten(2).transpose(1, 2)
@@ -164,7 +163,7 @@ class _KernelSelection(nn.Module):
         return t.reshape(B, N, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def select(self, t: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """Window selection: per-head tokens [B, h, N, d] -> each query's window [B, h, d, window^2, N], zero outside."""
+        """Window selection: per-head tokens [B, h, N, d] -> the windows [B, h, d, window^2, N], zero off the map."""
         B, h, N, d = t.shape
         cols = F.unfold(t.transpose(-1, -2).reshape(B, h * d, H, W), self.window, padding=self.window // 2)
         return cols.view(B, h, d, self.window**2, N)

@@ -1,9 +1,16 @@
-"""Depth-wise convolution with 'same' output size for any kernel size, odd or even.
+"""Depth-wise convolution with 'same' output size for any kernel size, odd or even, and exact fast paths.
 
-When the feature map is smaller than the kernel, most taps only ever multiply zero padding. A map
-of H rows can reach at most ``2H - 1`` taps, so the kernel is cropped to the taps that can touch the
-map before convolving. This is exact (only products with padding zeros are dropped) and is what makes
-11x11 kernels cheap on the 7x7 .. 1x1 maps of late stages and small inputs.
+Two fast paths, each exact up to float rounding and each switchable (``fast`` / ``crop_kernel``,
+or :func:`set_fast_path` on a whole model) so that tests and benchmarks can compare against the plain path:
+
+* Kernel cropping. When the feature map is smaller than the kernel, most taps only ever multiply zero
+  padding. A map of H rows can reach at most ``2H - 1`` taps, so the kernel is cropped to the taps that
+  can touch the map before convolving. This is what makes 11x11 kernels cheap on the 7x7 .. 1x1 maps of
+  late stages and small inputs.
+* Backward as forward convolutions (CPU, NCHW). oneDNN, PyTorch's CPU convolution, computes the weight
+  gradient of an NCHW depth-wise convolution by im2col + GEMM, which for 11x11 kernels costs 10-50x the
+  forward pass. :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions,
+  which run on oneDNN's jit depth-wise kernels.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of F.pad
 
 
 def _taps(kernel: int, size: int) -> tuple[int, int, int, int]:
@@ -25,16 +34,69 @@ def _taps(kernel: int, size: int) -> tuple[int, int, int, int]:
     return first, last, left - first, last - left
 
 
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: Padding) -> torch.Tensor:
+    """Depth-wise cross-correlation of ``x`` [B, C, H, W] with ``weight`` [C, 1, kh, kw] after zero padding ``pad``."""
+    left, right, top, bottom = pad
+    if left == right and top == bottom:
+        return F.conv2d(x, weight, bias, padding=(top, left), groups=x.shape[1])
+    return F.conv2d(F.pad(x, pad), weight, bias, groups=x.shape[1])
+
+
+class DepthwiseConvFunction(torch.autograd.Function):
+    """:func:`depthwise_conv` whose backward pass is made of forward depth-wise convolutions.
+
+    With ``y[b, c] = xpad[b, c] * w[c]`` (cross-correlation ``*``):
+
+    * ``grad_x[b, c] = grad_y[b, c] * flip(w[c])`` with the padding mirrored (a transposed convolution);
+    * ``grad_w[c] = sum_b xpad[b, c] * grad_y[b, c]``: a depth-wise convolution over the B*C maps of the
+      padded input, each with its own grad_y map as a (H x W) kernel, giving B*C (kh x kw) maps to sum over b.
+
+    Under autocast the saved input and weight are cast to the gradient's dtype, as the forward conv did.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: Padding) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.pad = pad
+        ctx.has_bias = bias is not None
+        return depthwise_conv(x, weight, bias, pad)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        left, right, top, bottom = ctx.pad
+        grad = grad.contiguous()
+        B, C, H, W = x.shape
+        kh, kw = weight.shape[-2:]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.to(grad.dtype).flip(-2, -1)
+            grad_x = depthwise_conv(grad, flipped, None, (right, left, bottom, top)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            # [C, B, Hp, Wp] in one copy (pad and transpose together), seen as one image of C*B channels.
+            xpad = grad.new_zeros(C, B, H + top + bottom, W + left + right)
+            xpad[:, :, top : top + H, left : left + W] = x.transpose(0, 1)
+            kernels = grad.transpose(0, 1).reshape(C * B, 1, H, W)
+            per_image = F.conv2d(xpad.view(1, C * B, *xpad.shape[-2:]), kernels, groups=C * B)
+            grad_w = per_image.view(C, B, kh, kw).sum(1, keepdim=True).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3)).to(weight.dtype)
+        return grad_x, grad_w, grad_b, None
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """Depth-wise ``k x k`` convolution, stride 1, output size equal to input size.
 
     Even kernels pad one more on the right/bottom than on the left/top (as ``padding='same'``).
-    ``crop_kernel`` turns the exact kernel cropping on small maps on or off (for tests and benchmarks).
+    ``crop_kernel`` turns the exact kernel cropping on small maps on or off; ``fast`` chooses
+    :class:`DepthwiseConvFunction` for the backward pass where it is faster: on CPU for NCHW tensors, where
+    oneDNN's own weight gradient is a GEMM (channels-last tensors get oneDNN's jit kernels already).
     """
 
-    def __init__(self, dim: int, kernel_size: int, bias: bool = True, crop_kernel: bool = True):
+    def __init__(self, dim: int, kernel_size: int, bias: bool = True, crop_kernel: bool = True, fast: bool = True):
         super().__init__(dim, dim, kernel_size, padding=0, groups=dim, bias=bias)
         self.crop_kernel = crop_kernel
+        self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
@@ -47,6 +109,28 @@ class DepthwiseConv2d(nn.Conv2d):
             top, left = (kh - 1) // 2, (kw - 1) // 2
             bottom, right = kh - 1 - top, kw - 1 - left
             weight = self.weight
-        if top == bottom and left == right:
-            return F.conv2d(x, weight, self.bias, padding=(top, left), groups=self.groups)
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, self.bias, groups=self.groups)
+        pad = (left, right, top, bottom)
+        if self.fast and self._fast_backward_helps(x):
+            return DepthwiseConvFunction.apply(x, weight, self.bias, pad)
+        return depthwise_conv(x, weight, self.bias, pad)
+
+    def _fast_backward_helps(self, x: torch.Tensor) -> bool:
+        return (
+            torch.is_grad_enabled()
+            and (x.requires_grad or self.weight.requires_grad)
+            and x.device.type == "cpu"
+            and not x.is_contiguous(memory_format=torch.channels_last)
+        )
+
+
+def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
+    """Turn every exact fast path of the :class:`DepthwiseConv2d` layers in ``model`` on or off.
+
+    ``enabled=False`` gives the plain computation (full kernels, PyTorch's own backward), the reference that
+    tests and ``fcvit bench --plain`` compare against. Returns the number of layers switched.
+    """
+    layers = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    for m in layers:
+        m.crop_kernel = enabled
+        m.fast = enabled
+    return len(layers)

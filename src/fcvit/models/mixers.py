@@ -119,8 +119,7 @@ def _create_mixer_model(variant: str, pretrained: bool = False, **kwargs) -> nn.
 
 
 def _mixer_cfg(variant: str) -> dict[str, Any]:
-    cls, model_args, _ = VARIANTS[variant]
-    extra = dict(pool_size=(14, 14)) if cls is IsoFCViT else {}
+    extra = dict(pool_size=(14, 14)) if VARIANTS[variant][0] is IsoFCViT else {}
     if variant.startswith("test_"):
         extra = dict(input_size=(3, 128, 128), pool_size=(4, 4))
     family = "acmix" if "acmix" in variant else "attn"

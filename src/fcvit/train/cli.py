@@ -11,8 +11,13 @@ import json
 import os
 import sys
 
-# Expected failures: reported as one line (with the rank under torchrun), exit code 1.
-_USER_ERRORS = (OSError, ValueError, RuntimeError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Expected failures (bad input, bad file, diverged run): one line naming the problem, exit code 1."""
+    from .checkpoint import CheckpointError
+    from .utils import NonFiniteLossError
+
+    return OSError, ValueError, CheckpointError, NonFiniteLossError
 
 
 def _error(command: str, e: BaseException) -> int:
@@ -30,7 +35,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         base = load_checkpoint(args.resume).get("config") if getattr(args, "resume", "") else None
         train(config_from_args(args, base=base))
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         return _error("train", e)
     return 0
 
@@ -65,7 +70,7 @@ def run_validate(args: argparse.Namespace) -> int:
         model.to(device=device, memory_format=torch.channels_last)
         loader = create_eval_loader(dataset, data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images)
         metrics = evaluate(model, loader, device, channels_last=True)
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         return _error("validate", e)
     metrics = {
         "model": model.default_cfg.get("architecture", args.model),
@@ -95,7 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
         model, data_config, class_names = load_trained_model(
             args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
         )
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         return _error("predict", e)
     transform = create_eval_transform(data_config)
     mode = image_mode(data_config["input_size"][0])

@@ -190,7 +190,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     logger = RunLogger(
         run_dir,
         enabled=main,
-        resume_epoch=start_epoch if ckpt is not None else None,
+        resume_epoch=start_epoch + 1 if ckpt is not None else None,  # CSV epochs count from 1
         purge_step=step if ckpt is not None else None,
     )
     if main:

@@ -1,0 +1,88 @@
+"""``fcvit bench``: throughput, GMACs and peak memory of models side by side, as Markdown and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+
+def run(args: argparse.Namespace) -> int:
+    from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
+
+    specs = list(args.models) + [p for p in PEERS if args.peers and p not in args.models]
+    if args.plain:
+        specs += [s + PLAIN_SUFFIX for s in args.models if "fcvit" in s and not s.endswith(PLAIN_SUFFIX)]
+    cfg = BenchConfig(
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        modes=MODES if args.mode == "both" else (args.mode,),
+        device=args.device,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        threads=args.threads,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        steps=args.steps,
+        memory=not args.no_memory,
+        onnx=args.onnx,
+    )
+    result = run_benchmark(specs, cfg, reference=args.reference)
+    result["command"] = "fcvit bench " + " ".join(args.argv)
+    table = format_markdown(result)
+    print(table)
+    if args.json:
+        _write_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        _write_atomic(args.markdown, f"`{result['command']}`\n\n{table}\n")
+    return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="throughput, GMACs and peak memory of models, interleaved in rounds",
+        description="Benchmark timm models (this project's and peers) side by side. Models run in interleaved "
+        "rounds; throughput is reported as median [IQR] over rounds, and the ratio to a reference model as the "
+        "median of per-round ratios. Append ':plain' to an FCViT model to turn its fast paths off.",
+    )
+    p.add_argument("models", nargs="*", help="timm model names, e.g. fcvit_b12 poolformer_s12 (NAME:plain allowed)")
+    p.add_argument("--peers", action="store_true", help="add the standard peers (PoolFormer, ConvNeXt, ResNet, ...)")
+    p.add_argument("--plain", action="store_true", help="add a plain-path row (fast paths off) for each FCViT model")
+    p.add_argument("--reference", help="model the ratios are taken against (default: first non-FCViT model)")
+    p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for models and input")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is over these)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model before the rounds")
+    p.add_argument("--steps", type=int, default=1, help="timed steps per model per round")
+    p.add_argument("--onnx", action="store_true", help="add onnxruntime CPU inference throughput (fp32, CPU only)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--json", help="write the full result (rows, config, machine) to this JSON file")
+    p.add_argument("--markdown", help="write the command and table to this Markdown file")
+    p.set_defaults(func=_run_checked)
+
+
+def _run_checked(args: argparse.Namespace) -> int:
+    if not args.models and not args.peers:
+        raise SystemExit("fcvit bench: give model names and/or --peers")
+    # The command as typed, for the record (when called through main(argv), only the models are known).
+    args.argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else list(args.models)
+    return run(args)

@@ -1,0 +1,61 @@
+"""torchrun: 2 CPU processes (gloo, DDP) match 1 process; a failing rank takes every rank down, nothing hangs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from fcvit.cli import main
+from train_utils import TINY, make_fashion_root, run_cli
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.fixture(scope="module")
+def fm_root(tmp_path_factory):
+    return make_fashion_root(tmp_path_factory.mktemp("fm"), n_train=512, n_test=1000)
+
+
+def _args(root, out, name, batch):
+    return ["train", *TINY, "--data-dir", str(root), "--output", str(out), "--experiment", name]  + [
+        "--batch-size", str(batch), "--epochs", "2", "--drop-path", "0", "--lr", "4e-3", "--no-model-ema"
+    ]
+
+
+def test_two_processes_match_one_at_same_global_batch(fm_root, tmp_path):
+    ddp = run_cli(_args(fm_root, tmp_path, "ddp", 32), cwd=tmp_path, prefix=[*TORCHRUN, "-m", "fcvit.cli"])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert main(_args(fm_root, tmp_path, "single", 64)) == 0
+    two = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    one = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert (two["world_size"], one["world_size"], two["steps"], one["steps"]) == (2, 1, 16, 16)
+    assert two["top1"] > 50 and one["top1"] > 50  # both learnt something (chance: 10%)
+    assert abs(two["top1"] - one["top1"]) <= 0.5, (two["top1"], one["top1"])
+    assert (tmp_path / "ddp" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs: rank 0 wrote alone
+    assert ddp.stdout.count("epoch 2/2: train loss") == 1
+
+
+DRIVER = """
+import os, sys
+from fcvit.train import logger
+from fcvit.cli import main
+update = logger.Progress.update
+def update_or_fail(self, *args, **kwargs):
+    update(self, *args, **kwargs)
+    if os.environ["RANK"] == "1" and self.step == 2:
+        raise ValueError("injected failure on rank 1")
+logger.Progress.update = update_or_fail
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_failing_rank_stops_all_ranks(fm_root, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    args = [*_args(fm_root, tmp_path, "fail", 32), "--dist-timeout", "60"]
+    result = run_cli(args, cwd=tmp_path, prefix=[*TORCHRUN, str(driver)], timeout=240)
+    assert result.returncode != 0
+    assert "fcvit train [rank 1]: error: injected failure on rank 1" in result.stderr
+    assert not (tmp_path / "fail" / "summary.json").exists()

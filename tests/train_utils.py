@@ -1,0 +1,72 @@
+"""Helpers of the training tests: tiny models, generated datasets, running the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# fcvit_tiny's frame at a fraction of the cost: one block per stage, 8..32 channels (GC groups of 8 fit).
+TINY_KWARGS = {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}
+TINY = ["--model", "fcvit_tiny", "--model-kwargs", json.dumps(TINY_KWARGS)]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_images(n: int, seed: int, size: int = 28, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable grey images: noise plus a bright square whose position encodes the class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 90, (n, size, size)).astype(np.uint8)
+    for img, c in zip(images, labels):
+        r, col = divmod(int(c), 4)
+        y, x = 2 + 8 * r + rng.integers(0, 2), 2 + 6 * col + rng.integers(0, 2)
+        img[y : y + 6, x : x + 5] = 230
+    return images, labels
+
+
+def make_fashion_root(root: Path, n_train: int = 256, n_test: int = 256, seed: int = 0) -> Path:
+    """A torchvision-style Fashion-MNIST root (``root/FashionMNIST/raw/*.gz``) of synthetic images."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
+        images, labels = synthetic_images(n, s)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def make_image_folder(root: Path, per_class: int = 12, classes: int = 3, seed: int = 0) -> Path:
+    """``root/{train,val}/class_k/*.png|jpg`` of mixed sizes and modes (RGB, grey, RGBA, palette)."""
+    rng = np.random.default_rng(seed)
+    modes = ["RGB", "L", "RGBA", "P"]
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+                arr = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+                arr[:, :, c] = 220  # the class is the dominant colour channel
+                img = Image.fromarray(arr).convert(modes[i % len(modes)])
+                img.save(d / f"img{i}.{'jpg' if img.mode in ('RGB', 'L') and i % 2 else 'png'}")
+    return root
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300, prefix: list[str] | None = None):
+    """Run ``python -m fcvit.cli ARGS`` (or ``prefix + ARGS``) and return the CompletedProcess."""
+    cmd = (prefix or [sys.executable, "-m", "fcvit.cli"]) + args
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
