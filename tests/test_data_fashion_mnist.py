@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from train_utils import make_fashion_root, synthetic_images
 
 from fcvit.data import FASHION_MNIST_CLASSES, FashionMNIST, fashion_mnist_paths, load_fashion_mnist
 from fcvit.data.fashion_mnist import SYSTEM_DIR
-from train_utils import make_fashion_root, synthetic_images
 
 try:
     fashion_mnist_paths("test")

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from train_utils import make_fashion_root, make_image_folder
 
 from fcvit.data import FashionMNIST, ImageFolderDataset
 from fcvit.data.folder import BadImageError
 from fcvit.data.loaders import DatasetLoader, TensorLoader, epoch_indices, pad_crop_flip
 from fcvit.data.transforms import create_eval_transform, create_train_transform
-from train_utils import make_fashion_root, make_image_folder
 
 DATA_CONFIG = {"input_size": [1, 28, 28], "interpolation": "bicubic", "mean": [0.286], "std": [0.353], "crop_pct": 1.0}
 

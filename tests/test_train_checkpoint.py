@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 import yaml
+from train_utils import REPO, TINY_KWARGS
 
 from fcvit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fcvit.train.config import TrainConfig, add_config_arguments, config_from_args, load_config, save_config
 from fcvit.train.utils import get_rng_state, set_rng_state
-from train_utils import REPO, TINY_KWARGS
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -69,7 +69,9 @@ def _parse(argv):
 def test_config_layers_and_yaml_round_trip(tmp_path):
     assert config_from_args(_parse([])) == TrainConfig()
     (tmp_path / "a.yaml").write_text("epochs: 7\nlr: 1\nmixup: 0.8\nmodel-kwargs: {depths: [1, 1, 1, 1]}\n")
-    cfg = config_from_args(_parse(["--config", str(tmp_path / "a.yaml"), "--epochs", "2", "--no-model-ema", "--aa", "none"]))
+    cfg = config_from_args(
+        _parse(["--config", str(tmp_path / "a.yaml"), "--epochs", "2", "--no-model-ema", "--aa", "none"])
+    )
     assert (cfg.epochs, cfg.lr, cfg.mixup, cfg.model_ema) == (2, 1.0, 0.8, False)  # CLI > YAML > defaults
     assert cfg.model_kwargs == {"depths": [1, 1, 1, 1]} and isinstance(cfg.lr, float)
     save_config(cfg, tmp_path / "config.yaml")

@@ -6,9 +6,9 @@ import json
 import sys
 
 import pytest
+from train_utils import TINY, make_fashion_root, run_cli
 
 from fcvit.cli import main
-from train_utils import TINY, make_fashion_root, run_cli
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -19,8 +19,16 @@ def fm_root(tmp_path_factory):
 
 
 def _args(root, out, name, batch):
-    return ["train", *TINY, "--data-dir", str(root), "--output", str(out), "--experiment", name]  + [
-        "--batch-size", str(batch), "--epochs", "2", "--drop-path", "0", "--lr", "4e-3", "--no-model-ema"
+    return ["train", *TINY, "--data-dir", str(root), "--output", str(out), "--experiment", name] + [
+        "--batch-size",
+        str(batch),
+        "--epochs",
+        "2",
+        "--drop-path",
+        "0",
+        "--lr",
+        "4e-3",
+        "--no-model-ema",
     ]
 
 

@@ -9,17 +9,17 @@ import sys
 
 import pytest
 import torch
+from train_utils import TINY, make_fashion_root, make_image_folder, run_cli
 
 import fcvit.train.train as train_module
 from fcvit.cli import main
 from fcvit.train.checkpoint import load_checkpoint
 from fcvit.train.config import load_config
-from train_utils import TINY, make_fashion_root, make_image_folder, run_cli
 
 
 @pytest.fixture(scope="module")
 def fm_root(tmp_path_factory):
-    return make_fashion_root(tmp_path_factory.mktemp("fm"), n_train=256, n_test=256)
+    return make_fashion_root(tmp_path_factory.mktemp("fm"), n_train=256, n_test=128)
 
 
 def _fm_args(root, out, *extra):
@@ -129,4 +129,8 @@ def test_image_folder_full_recipe_and_bad_images(tmp_path, capsys):
     assert int(rows[0]["skipped_images"]) == 1  # 25 images, 3 full batches of 8: the one bad image sits in them
     summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
     assert summary["epochs"] == 1 and 0 <= summary["top1"] <= 100
-    assert load_checkpoint(tmp_path / "skip" / "checkpoint-last.pth")["class_names"] == ["class_0", "class_1", "class_2"]
+    assert load_checkpoint(tmp_path / "skip" / "checkpoint-last.pth")["class_names"] == [
+        "class_0",
+        "class_1",
+        "class_2",
+    ]

@@ -100,9 +100,10 @@ def attention_layer_names(model: nn.Module) -> list[str]:
 def is_window_attention(module: nn.Module) -> bool:
     """True for attention whose keys are a window around each query rather than the whole image.
 
-    Recognised by a set ``window`` (this project's mixers), ``window_size`` (timm's Swin) or ``kernel_size``.
+    Recognised by a set ``window`` (this project's mixers), ``window_size`` (timm's Swin), ``kernel_size`` or
+    ``kernel_att`` (ACmix, whose reflection-padded windows repeat border tokens and are not drawn over the image).
     """
-    return any(getattr(module, a, None) is not None for a in ("window", "window_size", "kernel_size"))
+    return any(getattr(module, a, None) is not None for a in ("window", "window_size", "kernel_size", "kernel_att"))
 
 
 @dataclass

@@ -1,26 +1,39 @@
 """Peak CPU memory of one model's steps, measured in a fresh Python process.
 
-``ru_maxrss`` only ever grows, so within one process the second model measured inherits the first one's
-peak. A child process per (model, mode) starts clean: it records its peak RSS after importing torch and
-timm, builds the model, runs warm-up plus two steps, and reports how much the peak grew (weights, optimizer
-state, activations, allocator caches).
+A process's peak RSS only ever grows, so within one process the second model measured inherits the first
+one's peak. A child process per (model, mode) starts clean: after importing torch and timm it notes its RSS
+and resets the kernel's high-water mark, builds the model, runs warm-up plus two steps, and reports how far
+the peak rose above that RSS (weights, optimizer state, activations, allocator caches). Linux's
+``/proc/self/status`` (VmRSS, VmHWM) is used rather than ``ru_maxrss``, which Linux carries over from the
+parent across ``exec`` and would hide the child's own peak under the parent's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import resource
 import subprocess
 import sys
 from dataclasses import asdict
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_mb(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process from ``/proc/self/status``, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field} line: peak RSS needs Linux")
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); without it the peak since start is kept, an upper bound."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def peak_rss_mb_in_subprocess(spec: str, mode: str, cfg) -> float:
-    """Run :func:`_child` for ``spec``/``mode`` under ``cfg`` (a BenchConfig) in a new interpreter; MB of peak growth."""
+    """Run :func:`_child` for ``spec``/``mode`` under ``cfg`` (a BenchConfig) in a new interpreter; MiB of peak growth."""
     request = json.dumps(dict(spec=spec, mode=mode, cfg=asdict(cfg)))
     proc = subprocess.run(
         [sys.executable, "-m", "fcvit.bench.memory", request], capture_output=True, text=True, check=False
@@ -41,11 +54,12 @@ def _child(request: str) -> None:
     cfg = BenchConfig(**cfg_dict)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    baseline = _peak_rss_mb()
+    baseline = _status_mb("VmRSS")
+    _reset_peak()
     step = build_workload(args["spec"], cfg, (args["mode"],)).steps[args["mode"]]
     for _ in range(cfg.warmup + 2):
         step()
-    print(json.dumps(dict(peak_mb=_peak_rss_mb() - baseline, baseline_mb=baseline)))
+    print(json.dumps(dict(peak_mb=_status_mb("VmHWM") - baseline, baseline_mb=baseline)))
 
 
 if __name__ == "__main__":

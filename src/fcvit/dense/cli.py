@@ -24,6 +24,7 @@ from .config import PRESETS, CanvasConfig, DetConfig, SegConfig
 
 TASKS = {"det": DetConfig, "seg": SegConfig}
 TASK_HELP = {"det": "Mask R-CNN detection / instance segmentation", "seg": "Semantic FPN semantic segmentation"}
+METRICS_HELP = {"det": "COCO box and mask AP, AP50, AP75", "seg": "mIoU, pixel accuracy"}
 
 
 def _unoptional(hint: Any) -> Any:
@@ -235,7 +236,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_config_flags(tr, cls)
         tr.set_defaults(func=_guarded(f"{task} train", run_train))
 
-        ev = actions.add_parser("eval", help="evaluate a checkpoint (COCO AP / mIoU)")
+        ev = actions.add_parser("eval", help=f"evaluate a checkpoint ({METRICS_HELP[task]})")
         ev.add_argument("checkpoint", help="a .pth written by train, or a run directory (its checkpoint-best.pth)")
         ev.add_argument("--data-dir", default=None, help="dataset root (default: the one trained on)")
         ev.add_argument("--split", default="val")

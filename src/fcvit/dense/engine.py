@@ -199,9 +199,9 @@ def train(
         logger.log_epoch(
             round_ + 1, dict(iter=step, train_loss=totals["loss"] / max(totals["images"], 1), lr=lr, **metrics), step
         )
+        improved = metrics[task.main_metric] > best
+        best = max(best, metrics[task.main_metric])
         if info.is_main:
-            improved = metrics[task.main_metric] > best
-            best = max(best, metrics[task.main_metric])
             ckpt = _checkpoint(model, optimizer, task, round_ + 1, step, best, metrics)
             save_checkpoint(ckpt, run_dir / LAST)
             if improved:

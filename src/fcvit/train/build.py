@@ -88,6 +88,33 @@ def _in_memory(dataset: Dataset, data_config: dict[str, Any]) -> bool:
     )
 
 
+def _tensor_loader(
+    dataset: FashionMNIST,
+    data_config: dict[str, Any],
+    batch_size: int,
+    train: bool,
+    crop_pad: int = 0,
+    hflip: float = 0.0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TensorLoader:
+    return TensorLoader(
+        dataset.images,
+        dataset.targets,
+        batch_size,
+        train,
+        mean=data_config["mean"],
+        std=data_config["std"],
+        in_chans=data_config["input_size"][0],
+        crop_pad=crop_pad,
+        hflip=hflip,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
 def create_eval_loader(
     dataset: Dataset,
     data_config: dict[str, Any],
@@ -100,10 +127,7 @@ def create_eval_loader(
 ):
     """Evaluation batches: every sample once, through the eval transform of ``data_config``."""
     if _in_memory(dataset, data_config) and data_config["crop_pct"] == 1.0:
-        mean, std, in_chans = data_config["mean"], data_config["std"], data_config["input_size"][0]
-        return TensorLoader(
-            dataset.images, dataset.targets, batch_size, False, mean, std, in_chans, 0, 0.0, 0, rank, world_size
-        )
+        return _tensor_loader(dataset, data_config, batch_size, False, rank=rank, world_size=world_size)
     return DatasetLoader(
         dataset,
         create_eval_transform(data_config),
@@ -130,20 +154,8 @@ def create_loaders(
     the PIL path, far cheaper); anything else (RandAugment, erasing, jitter, resizing) goes through timm."""
     light = cfg.crop_mode == "pad" and cfg.aa in (None, "", "none") and not cfg.reprob and not cfg.color_jitter
     if light and _in_memory(train_set, data_config):
-        mean, std, in_chans = data_config["mean"], data_config["std"], data_config["input_size"][0]
-        train_loader = TensorLoader(
-            train_set.images,
-            train_set.targets,
-            cfg.batch_size,
-            True,
-            mean,
-            std,
-            in_chans,
-            cfg.crop_pad,
-            cfg.hflip,
-            cfg.seed,
-            rank,
-            world_size,
+        train_loader = _tensor_loader(
+            train_set, data_config, cfg.batch_size, True, cfg.crop_pad, cfg.hflip, cfg.seed, rank, world_size
         )
     else:
         transform = create_train_transform(

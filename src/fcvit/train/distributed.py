@@ -32,6 +32,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "pick_device",
 ]
 
 
@@ -53,7 +54,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def _pick_device(device: str | None, local_rank: int) -> torch.device:
+def pick_device(device: str | None = None, local_rank: int = 0) -> torch.device:
+    """``'auto'``/None: CUDA (``cuda:local_rank``) if available, else CPU; otherwise the device named."""
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -74,7 +76,7 @@ def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> Di
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = dict(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))

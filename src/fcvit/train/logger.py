@@ -3,7 +3,8 @@
 :class:`RunLogger` writes ``metrics.csv`` (one row per epoch), TensorBoard event files (``tb/``),
 ``curves.png`` (matplotlib, one panel per group of columns) and ``summary.json``. Only the main process
 writes: other ranks get a logger whose methods do nothing. :class:`Progress` is a tqdm bar (loss, lr,
-img/s, ETA) on a terminal and a plain log line every ``log_interval`` steps otherwise (CI logs, files).
+img/s, ETA) on a terminal and a plain log line every ``log_interval`` steps otherwise (CI logs, files),
+both on stderr like tqdm, so stdout keeps only results.
 Nothing here knows about classification: the caller names the columns and the panels.
 """
 
@@ -149,7 +150,7 @@ class RunLogger:
 
 
 class Progress:
-    """Progress of one pass over ``total`` steps: tqdm on a terminal, plain lines otherwise.
+    """Progress of one pass over ``total`` steps on stderr: tqdm on a terminal, plain lines otherwise.
 
     ``update(images, **stats)`` after each step; stats (loss, lr, ...) show in the bar's postfix or
     the log line together with images/s and the ETA.
@@ -170,7 +171,7 @@ class Progress:
         self.images = 0
         self.start = time.perf_counter()
         self.bar = None
-        tty = sys.stdout.isatty() if tty is None else tty
+        tty = sys.stderr.isatty() if tty is None else tty
         if enabled and tty:
             from tqdm import tqdm
 
@@ -195,7 +196,8 @@ class Progress:
             done = self.step - self.initial
             eta = elapsed / max(done, 1) * (self.total - self.step)
             parts = " ".join(f"{k} {v}" for k, v in shown.items())
-            print(f"{self.desc} [{self.step}/{self.total}] {parts} eta {format_duration(eta)}", flush=True)
+            line = f"{self.desc} [{self.step}/{self.total}] {parts} eta {format_duration(eta)}"
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

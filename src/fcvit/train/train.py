@@ -61,7 +61,7 @@ def _create_ema(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.
     return _ModelEma(model, decay=cfg.model_ema_decay, device=device)
 
 
-def _resolve(cfg: TrainConfig, model: nn.Module, data_config: dict, world_size: int) -> TrainConfig:
+def _resolve(cfg: TrainConfig, data_config: dict, world_size: int) -> TrainConfig:
     """Fill the config's automatic values (what the run directory's config.yaml records)."""
     _, size, _ = data_config["input_size"]
     lr = cfg.lr if cfg.lr is not None else cfg.lr_base * cfg.batch_size * world_size / cfg.lr_base_size
@@ -111,7 +111,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.initial_checkpoint:
         model.load_state_dict(read_weights(cfg.initial_checkpoint)[0])
     data_config = resolve_data_config(cfg, model)
-    cfg = _resolve(cfg, model, data_config, world)
+    cfg = _resolve(cfg, data_config, world)
     train_loader, val_loader = create_loaders(
         cfg, data_config, train_set, val_set, dist.rank, world, pin_memory=device.type == "cuda"
     )

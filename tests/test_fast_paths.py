@@ -1,0 +1,181 @@
+"""Every fast path of FCViT gives the plain path's outputs and gradients (fp32: 1e-4), on the official fixtures,
+at several sizes including maps smaller than the kernel, with odd and even kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import fcvit
+from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction, set_fast_path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+TOL = 1e-4
+
+
+def micro_model() -> tuple[fcvit.FCViT, dict]:
+    """The official micro fixture's model with its official weights, and the fixture's inputs/outputs."""
+    io = torch.load(FIXTURES / "official_fcvit_micro_random_io.pt", weights_only=True)
+    c = io["config"]
+    model = fcvit.FCViT(
+        depths=c["depths"],
+        dims=c["dims"],
+        mlp_ratios=c["mlp_ratios"],
+        num_classes=c["num_classes"],
+        kernel_size=c["kernel_size"],
+        gc_groups=c["groups"],
+        gc_reduction=c["gc_reduction"],
+        competitive=c["compete"],
+    )
+    model.load_state_dict(torch.load(FIXTURES / "official_fcvit_micro_random.pth", weights_only=True))
+    return model, io
+
+
+def outputs_and_grads(model: torch.nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """Logits, parameter gradients and input gradient of a train-mode forward/backward (no dropout in the model)."""
+    set_fast_path(model, fast)
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads, x.grad.detach().clone()
+
+
+def assert_grads_close(got: dict, expected: dict) -> None:
+    """Every parameter gradient agrees relative to its own scale, floored at 1e-3 of the largest gradient:
+    biases of convs followed by train-mode BatchNorm have a true gradient of 0 and hold only rounding noise."""
+    assert got.keys() == expected.keys()
+    largest = max(g.abs().max().item() for g in expected.values())
+    for name in expected:
+        scale = max(expected[name].abs().max().item(), 1e-3 * largest)
+        torch.testing.assert_close(got[name], expected[name], rtol=TOL, atol=TOL * scale, msg=name)
+
+
+def assert_same_training(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Fast and plain paths agree on outputs, input gradients and every parameter gradient."""
+    out_f, grads_f, gx_f = outputs_and_grads(model, x, fast=True)
+    out_p, grads_p, gx_p = outputs_and_grads(model, x, fast=False)
+    torch.testing.assert_close(out_f, out_p, rtol=0, atol=TOL)
+    torch.testing.assert_close(gx_f, gx_p, rtol=TOL, atol=TOL * gx_p.abs().max().item())
+    assert_grads_close(grads_f, grads_p)
+
+
+# --- the layer --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", [3, 8, 11])
+def test_depthwise_function_gradcheck(kernel):
+    """The hand-written backward passes torch.autograd.gradcheck in float64 (odd and even, cropped shapes)."""
+    torch.manual_seed(0)
+    left = (kernel - 1) // 2
+    pad = (left, kernel - 1 - left, left, kernel - 1 - left)
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: DepthwiseConvFunction.apply(x, w, b, pad)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("kernel", [8, 11])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 5), (12, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_layer_fast_equals_plain(kernel, size, channels_last):
+    torch.manual_seed(0)
+    layer = DepthwiseConv2d(16, kernel)
+    x = torch.randn(3, 16, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert_same_training(layer, x)
+
+
+def test_fast_backward_is_chosen_only_where_it_helps():
+    """The custom backward runs for CPU NCHW tensors that need gradients, never in inference or channels_last."""
+    layer = DepthwiseConv2d(8, 11)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert type(layer(x).grad_fn).__name__ == "DepthwiseConvFunctionBackward"
+    assert type(layer(x.contiguous(memory_format=torch.channels_last)).grad_fn).__name__ != (
+        "DepthwiseConvFunctionBackward"
+    )
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    set_fast_path(layer, False)
+    assert type(layer(x).grad_fn).__name__ != "DepthwiseConvFunctionBackward"
+
+
+def test_depthwise_function_under_bf16_autocast():
+    """Under CPU bf16 autocast the custom backward stays within bf16 rounding of the plain one."""
+    torch.manual_seed(0)
+    layer = DepthwiseConv2d(16, 11)
+    x = torch.randn(4, 16, 9, 9)
+    results = []
+    for fast in (True, False):
+        set_fast_path(layer, fast)
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        y.float().square().sum().backward()
+        results.append((y.float(), xi.grad, layer.weight.grad))
+    for fast, plain in zip(*results):
+        assert fast.dtype == plain.dtype
+        torch.testing.assert_close(fast.float(), plain.float(), rtol=2e-2, atol=2e-2 * plain.abs().max().item())
+
+
+# --- whole models -------------------------------------------------------------------------------------
+
+
+def test_micro_fixture_fast_equals_plain_and_official():
+    model, io = micro_model()
+    for key in ("64", "48x80"):
+        x, expected = io[f"x{key}"], io[f"logits{key}"]
+        for fast in (True, False):
+            set_fast_path(model, fast)
+            with torch.no_grad():
+                torch.testing.assert_close(model.eval()(x), expected, rtol=0, atol=TOL)
+    model.train()
+    assert_same_training(model, io["x48x80"])  # maps 12x20, 6x10, 3x5, 2x3: the last three smaller than 11x11
+
+
+def test_even_kernel_model_fast_equals_plain():
+    torch.manual_seed(0)
+    model = fcvit.FCViT(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), kernel_size=8, num_classes=5).train()
+    assert_same_training(model, torch.randn(2, 3, 40, 56))
+
+
+def test_channels_last_model_equals_nchw():
+    """The whole model in channels_last gives the NCHW model's outputs and gradients."""
+    model, io = micro_model()
+    model.train()
+    out, grads, gx = outputs_and_grads(model, io["x48x80"], fast=True)
+    model_cl = model.to(memory_format=torch.channels_last)
+    out_cl, grads_cl, gx_cl = outputs_and_grads(model_cl, io["x48x80"].contiguous(memory_format=torch.channels_last), True)
+    torch.testing.assert_close(out_cl, out, rtol=0, atol=TOL)
+    torch.testing.assert_close(gx_cl, gx, rtol=TOL, atol=TOL * gx.abs().max().item())
+    assert_grads_close(grads_cl, grads)
+
+
+@pytest.mark.skipif(not (SHARED / "official_fcvit_tiny_random.pth").exists(), reason="../shared fixtures absent")
+def test_tiny_fixture_fast_equals_plain_and_official():
+    model = timm.create_model("fcvit_tiny", checkpoint_path=str(SHARED / "official_fcvit_tiny_random.pth"))
+    io = torch.load(SHARED / "official_fcvit_tiny_random_io.pt", weights_only=True)
+    for key in ("224", "160x192"):
+        for fast in (True, False):
+            set_fast_path(model, fast)
+            with torch.no_grad():
+                torch.testing.assert_close(model.eval()(io[f"x{key}"]), io[f"logits{key}"], rtol=0, atol=TOL)
+    assert_same_training(model.train(), io["x224"][:, :, :64, :64])
+
+
+def test_fast_path_compiles_without_graph_breaks():
+    """torch.compile takes the whole training forward (custom autograd Function included) as one graph."""
+    torch._dynamo.reset()
+    model = fcvit.FCViT(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), num_classes=5).train()
+    x = torch.randn(2, 3, 32, 32)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
