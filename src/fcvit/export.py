@@ -39,7 +39,7 @@ def load_model(name: str, checkpoint: str | None = None, num_classes: int | None
     return timm.create_model(name, checkpoint_path=checkpoint or "", **kwargs).eval()
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -81,7 +81,7 @@ def export_onnx(model: nn.Module, path: str, img_size: int = 224, opset: int = D
             )
         program.save(tmp, external_data=False)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
 
 
 def onnx_max_error(model: nn.Module, path: str, img_size: int = 224, batch_sizes: tuple[int, ...] = (1, 3)) -> float:
@@ -105,7 +105,7 @@ def export_program(model: nn.Module, path: str, img_size: int = 224) -> None:
     model = model.eval()
     with torch.no_grad():
         program = torch.export.export(model, (_example(model, img_size),), dynamic_shapes=_batch_dynamic())
-    _write_atomic(path, lambda tmp: torch.export.save(program, tmp))
+    write_atomic(path, lambda tmp: torch.export.save(program, tmp))
 
 
 def export_safetensors(model: nn.Module, path: str, model_name: str) -> None:
@@ -114,7 +114,7 @@ def export_safetensors(model: nn.Module, path: str, model_name: str) -> None:
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {"model": model_name, "num_classes": str(getattr(model, "num_classes", "")), "format": "pt"}
-    _write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def load_safetensors(path: str) -> nn.Module:

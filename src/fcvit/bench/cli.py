@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
+from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..export import write_atomic
     from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
 
     specs = list(args.models) + [p for p in PEERS if args.peers and p not in args.models]
@@ -34,20 +34,13 @@ def run(args: argparse.Namespace) -> int:
     result["command"] = "fcvit bench " + " ".join(args.argv)
     table = format_markdown(result)
     print(table)
-    if args.json:
-        _write_atomic(args.json, json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        _write_atomic(args.markdown, f"`{result['command']}`\n\n{table}\n")
+    for path, text in (
+        (args.json, json.dumps(result, indent=2) + "\n"),
+        (args.markdown, f"`{result['command']}`\n\n{table}\n"),
+    ):
+        if path:
+            write_atomic(path, lambda tmp, text=text: Path(tmp).write_text(text))
     return 0
-
-
-def _write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

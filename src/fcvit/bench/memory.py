@@ -33,7 +33,7 @@ def _reset_peak() -> None:
 
 
 def peak_rss_mb_in_subprocess(spec: str, mode: str, cfg) -> float:
-    """Run :func:`_child` for ``spec``/``mode`` under ``cfg`` (a BenchConfig) in a new interpreter; MiB of peak growth."""
+    """MiB of peak-RSS growth of ``spec``/``mode`` under ``cfg`` (a BenchConfig), measured in a new interpreter."""
     request = json.dumps(dict(spec=spec, mode=mode, cfg=asdict(cfg)))
     proc = subprocess.run(
         [sys.executable, "-m", "fcvit.bench.memory", request], capture_output=True, text=True, check=False

@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -111,7 +112,7 @@ def build_workload(spec: str, cfg: BenchConfig, modes: tuple[str, ...] | None = 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(cfg.device, memory_format=memory_format)
     x = torch.randn(cfg.batch_size, *size, device=cfg.device).contiguous(memory_format=memory_format)
-    target = torch.randint(0, 1000, (cfg.batch_size,), device=cfg.device)
+    target = torch.randint(0, getattr(model, "num_classes", 1000) or 1, (cfg.batch_size,), device=cfg.device)
     forward = torch.compile(model) if cfg.compile else model
     modes = modes or cfg.modes
     if "infer" in modes:
@@ -203,6 +204,13 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
         torch.set_num_threads(cfg.threads)
     info = machine_info(cfg)
     workloads = {s: build_workload(s, cfg) for s in specs}
+    load = info.get("loadavg_start", [0.0])[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        warnings.warn(
+            f"load average {load:.2f} on {os.cpu_count()} CPUs before the benchmark: other processes compete "
+            "for the cores and multi-threaded timings (small operators most) can be many times slower",
+            stacklevel=2,
+        )
     steps = {(s, m): fn for s, w in workloads.items() for m, fn in w.steps.items()}
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.onnx:
@@ -220,6 +228,7 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
             throughput = summarize([cfg.batch_size / t for t in seconds])
             row[f"{mode}_img_s"] = {k: round(v, 2) for k, v in throughput.items()}
             row[f"{mode}_vs_ref"] = round(median_ratio(times[(reference, mode)], seconds), 3)
+            row[f"{mode}_seconds"] = [round(t, 5) for t in seconds]  # per round, for re-analysis
         rows.append(row)
     if cfg.memory:
         for row in rows:
@@ -238,6 +247,11 @@ def peak_memory_mb(spec: str, mode: str, cfg: BenchConfig, workloads: dict[str, 
     return peak_rss_mb_in_subprocess(spec, mode, cfg)
 
 
+def _load(machine: dict, when: str) -> str:
+    load = machine.get(f"loadavg_{when}")
+    return f"{load[0]:.2f}" if load else "?"
+
+
 def format_markdown(result: dict[str, object]) -> str:
     """The rows of :func:`run_benchmark` as a Markdown table with a one-line header of conditions."""
     cfg, rows, ref = result["config"], result["rows"], result["reference"]
@@ -253,8 +267,8 @@ def format_markdown(result: dict[str, object]) -> str:
         f"{machine['date']} · {machine.get('gpu', machine['cpu'])} · torch {machine['torch']} · "
         f"{machine['torch_threads']} threads · {cfg['device']} {cfg['dtype']} · batch {cfg['batch_size']} · "
         f"{'channels_last' if cfg['channels_last'] else 'NCHW'}{' · compiled' if cfg['compile'] else ''} · "
-        f"{cfg['rounds']} rounds x {cfg['steps']} steps · load {machine.get('loadavg_start', ['?'])[0]}"
-        f" -> {machine.get('loadavg_end', ['?'])[0]}",
+        f"{cfg['rounds']} rounds x {cfg['steps']} steps · load average {_load(machine, 'start')} -> "
+        f"{_load(machine, 'end')}",
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),

@@ -7,10 +7,12 @@ or :func:`set_fast_path` on a whole model) so that tests and benchmarks can comp
   padding. A map of H rows can reach at most ``2H - 1`` taps, so the kernel is cropped to the taps that
   can touch the map before convolving. This is what makes 11x11 kernels cheap on the 7x7 .. 1x1 maps of
   late stages and small inputs.
-* Backward as forward convolutions (CPU, NCHW). oneDNN, PyTorch's CPU convolution, computes the weight
-  gradient of an NCHW depth-wise convolution by im2col + GEMM, which for 11x11 kernels costs 10-50x the
-  forward pass. :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions,
-  which run on oneDNN's jit depth-wise kernels.
+* Backward as forward convolutions (CPU). oneDNN, PyTorch's CPU convolution, computes the weight gradient
+  of a depth-wise convolution with a generic kernel: im2col + GEMM for NCHW tensors (for 11x11 kernels on
+  56x56 maps, hundreds of times the forward pass), a dense jit kernel for channels_last ones.
+  :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions, which run on
+  oneDNN's depth-wise kernels: faster at every shape of FCViT measured, in both memory formats
+  (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ class DepthwiseConvFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         left, right, top, bottom = ctx.pad
-        grad = grad.contiguous()
         B, C, H, W = x.shape
         kh, kw = weight.shape[-2:]
         grad_x = grad_w = grad_b = None
@@ -89,8 +90,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
     Even kernels pad one more on the right/bottom than on the left/top (as ``padding='same'``).
     ``crop_kernel`` turns the exact kernel cropping on small maps on or off; ``fast`` chooses
-    :class:`DepthwiseConvFunction` for the backward pass where it is faster: on CPU for NCHW tensors, where
-    oneDNN's own weight gradient is a GEMM (channels-last tensors get oneDNN's jit kernels already).
+    :class:`DepthwiseConvFunction` for the backward pass where it is faster: on CPU, when gradients are
+    needed (inference and other devices keep PyTorch's own convolution).
     """
 
     def __init__(self, dim: int, kernel_size: int, bias: bool = True, crop_kernel: bool = True, fast: bool = True):
@@ -115,12 +116,7 @@ class DepthwiseConv2d(nn.Conv2d):
         return depthwise_conv(x, weight, self.bias, pad)
 
     def _fast_backward_helps(self, x: torch.Tensor) -> bool:
-        return (
-            torch.is_grad_enabled()
-            and (x.requires_grad or self.weight.requires_grad)
-            and x.device.type == "cpu"
-            and not x.is_contiguous(memory_format=torch.channels_last)
-        )
+        return torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.device.type == "cpu"
 
 
 def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
