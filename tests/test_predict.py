@@ -9,11 +9,17 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from train_utils import TINY, TINY_KWARGS, make_fashion_root, make_image_folder
+from train_utils import TINY, TINY_KWARGS, make_fashion_root, make_image_folder, one_thread
 
 from fcvit.cli import main
 from fcvit.data import FASHION_MNIST_CLASSES
 from fcvit.train.checkpoint import save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +27,8 @@ def fm_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     root = make_fashion_root(tmp / "data", n_train=128, n_test=96)
     args = ["train", *TINY, "--data-dir", str(root), "--output", str(tmp), "--experiment", "r", "--epochs", "1"]
-    assert main([*args, "--batch-size", "32"]) == 0
+    with one_thread():
+        assert main([*args, "--batch-size", "32"]) == 0
     return root, tmp / "r"
 
 

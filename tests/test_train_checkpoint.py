@@ -106,3 +106,15 @@ def test_no_weight_decay_on_norms_biases_layer_scales_rescale():
         assert (n in no_decay) == expected_free, n
     assert any(n.endswith("ls1.gamma") for n in no_decay) and any(n.endswith("rescale_weight") for n in no_decay)
     assert names["head.weight"] is not None and "head.weight" not in no_decay
+
+
+def test_timm_flag_names():
+    flags = "--model --lr --epochs --batch-size --img-size --mixup --cutmix --smoothing --aa --reprob --warmup-epochs"
+    flags += " --drop-path --model-ema --no-model-ema --clip-grad --workers --output --resume --data --config"
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    known = {s for a in p._actions for s in a.option_strings}
+    assert set(flags.split()) <= known, set(flags.split()) - known
+    off = ["--aa", "none", "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--smoothing", "0"]
+    cfg = config_from_args(_parse(off))
+    assert (cfg.aa, cfg.mixup, cfg.cutmix, cfg.reprob, cfg.smoothing) == ("none", 0.0, 0.0, 0.0, 0.0)

@@ -6,30 +6,33 @@ import json
 import sys
 
 import pytest
-from train_utils import TINY, make_fashion_root, run_cli
+from train_utils import TINY, make_fashion_root, one_thread, run_cli
 
 from fcvit.cli import main
+from fcvit.train.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# BatchNorm-free (LayerNorm) model: without SyncBatchNorm (CUDA only) each rank normalises its half batch,
+# so a BatchNorm model legitimately drifts from the 1-process run; LayerNorm isolates the DDP machinery.
+CONVNEXT = ["--model", "convnext_atto", "--model-kwargs", json.dumps({"depths": [1] * 4, "dims": [8, 16, 24, 32]})]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def fm_root(tmp_path_factory):
-    return make_fashion_root(tmp_path_factory.mktemp("fm"), n_train=512, n_test=1000)
+    return make_fashion_root(tmp_path_factory.mktemp("fm"), n_train=512, n_test=1000, size=32)
 
 
-def _args(root, out, name, batch):
-    return ["train", *TINY, "--data-dir", str(root), "--output", str(out), "--experiment", name] + [
-        "--batch-size",
-        str(batch),
-        "--epochs",
-        "2",
-        "--drop-path",
-        "0",
-        "--lr",
-        "4e-3",
+def _args(root, out, name, batch, model=CONVNEXT):
+    return ["train", *model, "--data-dir", str(root), "--img-size", "32", "--output", str(out)] + [
+        "--experiment", name, "--batch-size", str(batch), "--epochs", "2", "--drop-path", "0", "--lr", "4e-3",
         "--no-model-ema",
-    ]
+    ]  # fmt: skip
 
 
 def test_two_processes_match_one_at_same_global_batch(fm_root, tmp_path):
@@ -39,8 +42,12 @@ def test_two_processes_match_one_at_same_global_batch(fm_root, tmp_path):
     two = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     one = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert (two["world_size"], one["world_size"], two["steps"], one["steps"]) == (2, 1, 16, 16)
-    assert two["top1"] > 50 and one["top1"] > 50  # both learnt something (chance: 10%)
+    assert two["top1"] > 40 and one["top1"] > 40  # both learnt (chance: 10%)
     assert abs(two["top1"] - one["top1"]) <= 0.5, (two["top1"], one["top1"])
+    # same samples per global step, gradients averaged: the same weights up to summation order
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoint-last.pth")["model"]
+    b = load_checkpoint(tmp_path / "single" / "checkpoint-last.pth")["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert (tmp_path / "ddp" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs: rank 0 wrote alone
     assert ddp.stdout.count("epoch 2/2: train loss") == 1
 
@@ -49,6 +56,7 @@ DRIVER = """
 import os, sys
 from fcvit.train import logger
 from fcvit.cli import main
+from fcvit.train.checkpoint import load_checkpoint
 update = logger.Progress.update
 def update_or_fail(self, *args, **kwargs):
     update(self, *args, **kwargs)
@@ -62,7 +70,7 @@ sys.exit(main(sys.argv[1:]))
 def test_failing_rank_stops_all_ranks(fm_root, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    args = [*_args(fm_root, tmp_path, "fail", 32), "--dist-timeout", "60"]
+    args = [*_args(fm_root, tmp_path, "fail", 32, model=TINY), "--dist-timeout", "60"]  # FCViT, BatchNorm and all
     result = run_cli(args, cwd=tmp_path, prefix=[*TORCHRUN, str(driver)], timeout=240)
     assert result.returncode != 0
     assert "fcvit train [rank 1]: error: injected failure on rank 1" in result.stderr

@@ -9,12 +9,18 @@ import sys
 
 import pytest
 import torch
-from train_utils import TINY, make_fashion_root, make_image_folder, run_cli
+from train_utils import TINY, make_fashion_root, make_image_folder, one_thread, run_cli
 
 import fcvit.train.train as train_module
 from fcvit.cli import main
 from fcvit.train.checkpoint import load_checkpoint
 from fcvit.train.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigkill_and_resume_equals_uninterrupted(fm_root, tmp_path):
     """SIGKILL right after the step-10 checkpoint (epoch 2, batch 2), resume: same weights as no interruption."""
-    common = ["--epochs", "2", "--checkpoint-every", "5", "--drop-path", "0.1", "--train-limit", "256"]
+    common = ["--epochs", "2", "--checkpoint-every", "5", "--drop-path", "0.1", "--crop-pad", "2"]
     assert main(_fm_args(fm_root, tmp_path, "--experiment", "straight", *common)) == 0
     killed = run_cli(
         _fm_args(fm_root, tmp_path, "--experiment", "killed", *common),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 # fcvit_tiny's frame at a fraction of the cost: one block per stage, 8..32 channels (GC groups of 8 fit).
@@ -37,12 +39,12 @@ def synthetic_images(n: int, seed: int, size: int = 28, classes: int = 10) -> tu
     return images, labels
 
 
-def make_fashion_root(root: Path, n_train: int = 256, n_test: int = 256, seed: int = 0) -> Path:
-    """A torchvision-style Fashion-MNIST root (``root/FashionMNIST/raw/*.gz``) of synthetic images."""
+def make_fashion_root(root: Path, n_train: int = 256, n_test: int = 256, seed: int = 0, size: int = 28) -> Path:
+    """A torchvision-style Fashion-MNIST root (``root/FashionMNIST/raw/*.gz``) of synthetic ``size`` px images."""
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
-        images, labels = synthetic_images(n, s)
+        images, labels = synthetic_images(n, s, size)
         _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
@@ -65,8 +67,21 @@ def make_image_folder(root: Path, per_class: int = 12, classes: int = 3, seed: i
     return root
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread inside the ``with`` block (the tests' autouse fixtures wrap every test in it).
+
+    Tiny models gain nothing from a second thread, and on a busy machine an OpenMP team waiting for a
+    descheduled thread runs many times slower. Subprocesses of :func:`run_cli` get one thread too.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300, prefix: list[str] | None = None):
-    """Run ``python -m fcvit.cli ARGS`` (or ``prefix + ARGS``) and return the CompletedProcess."""
+    """Run ``python -m fcvit.cli ARGS`` (or ``prefix + ARGS``) on one thread and return the CompletedProcess."""
     cmd = (prefix or [sys.executable, "-m", "fcvit.cli"]) + args
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -46,7 +46,7 @@ class TrainConfig:
     in_chans: int | None = _f(
         None, "input channels: 1 keeps grey images grey, 3 makes them RGB (auto: 1 for Fashion-MNIST)"
     )
-    drop_path: float = _f(0.05, "stochastic depth rate (paper: 0.1, 0.2 for b48)")
+    drop_path: float = _f(0.0, "stochastic depth rate (paper: 0.1, 0.2 for b48)")
     drop: float = _f(0.0, "dropout rate before the classifier")
 
     # data
@@ -68,7 +68,7 @@ class TrainConfig:
     crop_mode: str | None = _f(
         None, "train crop: 'rrc' (RandomResizedCrop) or 'pad' (zero-pad + random crop; auto: 'pad' for Fashion-MNIST)"
     )
-    crop_pad: int = _f(2, "padding of the 'pad' crop mode, pixels")
+    crop_pad: int = _f(0, "padding of the 'pad' crop mode, pixels (0: no crop, e.g. 2 for CIFAR-style shifts)")
     scale: list = _f([0.08, 1.0], "RandomResizedCrop scale range ('rrc' crop mode)")
     hflip: float = _f(0.5, "horizontal flip probability")
     color_jitter: float = _f(0.0, "colour jitter strength (timm; ignored when --aa is set)")
@@ -84,7 +84,7 @@ class TrainConfig:
 
     # optimisation
     opt: str = _f("adamw", "timm optimizer name")
-    lr: float | None = _f(2e-3, "peak learning rate (auto: lr_base x global batch / lr_base_size)")
+    lr: float | None = _f(3e-3, "peak learning rate (auto: lr_base x global batch / lr_base_size)")
     lr_base: float = _f(1e-3, "learning rate at a global batch of lr_base_size (paper: 1e-3 at 1024)")
     lr_base_size: int = _f(1024, "global batch size lr_base is given for")
     weight_decay: float = _f(0.05, "weight decay (not on norms, biases, layer scales or rescale parameters)")
@@ -92,11 +92,11 @@ class TrainConfig:
     clip_grad: float | None = _f(None, "gradient clipping value (off when unset)")
     clip_mode: str = _f("norm", "gradient clipping mode: 'norm', 'value' or 'agc'")
     sched: str = _f("cosine", "timm scheduler name")
-    epochs: int = _f(3, "epochs")
+    epochs: int = _f(2, "epochs")
     warmup_epochs: float = _f(0.2, "linear warm-up, epochs (may be fractional: the schedule steps per update)")
     warmup_lr: float = _f(1e-6, "learning rate at the start of warm-up")
     min_lr: float = _f(1e-5, "learning rate at the end of the cosine")
-    batch_size: int = _f(128, "batch size per process (global batch = batch size x processes)")
+    batch_size: int = _f(64, "batch size per process (global batch = batch size x processes)")
 
     # weight EMA
     model_ema: bool = _f(True, "keep an exponential moving average of the weights (validated as well)")
@@ -116,9 +116,11 @@ class TrainConfig:
 
     # run directory
     output: str = _f("runs", "parent directory of run directories")
-    experiment: str = _f("", "run directory name (default: MODEL-DATA-TIMESTAMP; the checkpoint's own with --resume)")
+    experiment: str = _f(
+        "", "run directory name (default: MODEL-DATA-TIMESTAMP; --resume continues in the checkpoint's)"
+    )
     resume: str = _f("", "resume from this checkpoint (model, EMA, optimizer, scheduler, scaler, step, RNG)")
-    checkpoint_every: int = _f(250, "also save checkpoint-last.pth every N optimizer steps (0: only per epoch)")
+    checkpoint_every: int = _f(500, "also save checkpoint-last.pth every N optimizer steps (0: only per epoch)")
     log_interval: int = _f(50, "steps between log lines when stdout is not a terminal")
 
     def to_dict(self) -> dict[str, Any]:

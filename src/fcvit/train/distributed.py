@@ -61,7 +61,7 @@ def pick_device(device: str | None = None, local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} was asked for but CUDA is not available")
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available")
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     return dev

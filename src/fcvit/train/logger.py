@@ -44,6 +44,7 @@ def plot_curves(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = {
         t: [c for c in cols if any(c in r and r[c] not in ("", None) for r in rows)] for t, cols in panels.items()
@@ -60,6 +61,7 @@ def plot_curves(
                 ax.plot(xs, ys, marker="o", markersize=3, label=col)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

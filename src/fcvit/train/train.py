@@ -170,18 +170,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
-        best, epoch_sums, last_metrics = ckpt["best"], ckpt["epoch_sums"], ckpt["metrics"]
-        elapsed_before = ckpt["elapsed_s"]
-        rng = ckpt["rng"]
-        set_rng_state(rng[dist.rank] if len(rng) == world else rng[0])
+        best, last_metrics, elapsed_before = ckpt["best"], ckpt["metrics"], ckpt["elapsed_s"]
+        rng, sums = ckpt["rng"], ckpt["epoch_sums"]  # one entry per rank of the saving run
+        same_layout = len(rng) == world
+        set_rng_state(rng[dist.rank] if same_layout else rng[0])
+        if same_layout:
+            epoch_sums = sums[dist.rank]
+        elif main:  # another number of processes: rank 0 carries the whole partial epoch
+            epoch_sums = {k: sum(s[k] for s in sums) for k in epoch_sums}
     ddp_model = model
     if world > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # gradients as views of DDP's buckets: no copy, and no stride mismatch with channels-last weights
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+        )
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
 
     # ---- run directory
-    if cfg.resume and not cfg.experiment:
+    if cfg.resume:  # a resumed run continues where its checkpoint lies
         run_dir = Path(cfg.resume).parent
     else:
         name = cfg.experiment or f"{cfg.model}-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -205,8 +212,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     def save(path: Path, epoch: int, batch: int) -> None:
-        """Checkpoint for resuming at ``batch`` of ``epoch`` (collective: every rank contributes its RNG)."""
-        rng = gather_objects(get_rng_state())
+        """Checkpoint for resuming at ``batch`` of ``epoch`` (collective: every rank adds its RNG and sums)."""
+        rng, sums = gather_objects(get_rng_state()), gather_objects(dict(epoch_sums))
         broadcast_buffers(model)
         if ema is not None:
             broadcast_buffers(ema.module)
@@ -222,7 +229,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "batch": batch,
             "step": step,
             "best": best,
-            "epoch_sums": epoch_sums,
+            "epoch_sums": sums,
             "metrics": last_metrics,
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
             "rng": rng,
