@@ -3,36 +3,15 @@ at several sizes including maps smaller than the kernel, with odd and even kerne
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import timm
 import torch
+from official_fixtures import TINY_CKPT, TINY_IO, micro_model, needs_shared
 
 import fcvit
 from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction, set_fast_path
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TOL = 1e-4
-
-
-def micro_model() -> tuple[fcvit.FCViT, dict]:
-    """The official micro fixture's model with its official weights, and the fixture's inputs/outputs."""
-    io = torch.load(FIXTURES / "official_fcvit_micro_random_io.pt", weights_only=True)
-    c = io["config"]
-    model = fcvit.FCViT(
-        depths=c["depths"],
-        dims=c["dims"],
-        mlp_ratios=c["mlp_ratios"],
-        num_classes=c["num_classes"],
-        kernel_size=c["kernel_size"],
-        gc_groups=c["groups"],
-        gc_reduction=c["gc_reduction"],
-        competitive=c["compete"],
-    )
-    model.load_state_dict(torch.load(FIXTURES / "official_fcvit_micro_random.pth", weights_only=True))
-    return model, io
 
 
 def outputs_and_grads(model: torch.nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -161,10 +140,10 @@ def test_channels_last_model_equals_nchw():
     assert_grads_close(grads_cl, grads)
 
 
-@pytest.mark.skipif(not (SHARED / "official_fcvit_tiny_random.pth").exists(), reason="../shared fixtures absent")
+@needs_shared
 def test_tiny_fixture_fast_equals_plain_and_official():
-    model = timm.create_model("fcvit_tiny", checkpoint_path=str(SHARED / "official_fcvit_tiny_random.pth"))
-    io = torch.load(SHARED / "official_fcvit_tiny_random_io.pt", weights_only=True)
+    model = timm.create_model("fcvit_tiny", checkpoint_path=str(TINY_CKPT))
+    io = torch.load(TINY_IO, weights_only=True)
     with torch.no_grad():  # the plain path's match is tested with the model family; 160x192 crops at 5x6
         for key in ("224", "160x192"):
             torch.testing.assert_close(model.eval()(io[f"x{key}"]), io[f"logits{key}"], rtol=0, atol=TOL)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import timm
 import torch
+from official_fixtures import FIXTURES, SHARED, TINY_CKPT, micro_model, needs_shared
 from safetensors.torch import save_file
 from timm.models import load_checkpoint
 from timm.optim import create_optimizer_v2
@@ -14,34 +13,9 @@ from timm.optim import create_optimizer_v2
 import fcvit
 from fcvit.models.fcvit import MODEL_ARGS
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-TINY_CKPT = SHARED / "official_fcvit_tiny_random.pth"
-needs_shared = pytest.mark.skipif(
-    not TINY_CKPT.exists(), reason=f"large official fixture not found at {TINY_CKPT} (../shared is absent)"
-)
-
 HIERARCHICAL = ["fcvit_tiny", "fcvit_b12", "fcvit_b24", "fcvit_b48"]
 ISOTROPIC = ["iso_fcvit_256_12", "iso_fcvit_384_16"]
 SMALL = dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=10)
-
-
-def micro_model() -> tuple[fcvit.FCViT, dict]:
-    """The model of the official micro fixture, with its official weights, and the fixture's inputs/outputs."""
-    io = torch.load(FIXTURES / "official_fcvit_micro_random_io.pt", weights_only=True)
-    c = io["config"]
-    model = fcvit.FCViT(
-        depths=c["depths"],
-        dims=c["dims"],
-        mlp_ratios=c["mlp_ratios"],
-        num_classes=c["num_classes"],
-        kernel_size=c["kernel_size"],
-        gc_groups=c["groups"],
-        gc_reduction=c["gc_reduction"],
-        competitive=c["compete"],
-    )
-    model.load_state_dict(torch.load(FIXTURES / "official_fcvit_micro_random.pth", weights_only=True))
-    return model.eval(), io
 
 
 def n_params(model: torch.nn.Module) -> int:
