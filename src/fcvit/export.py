@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .atomic import atomic_write
 
 FORMATS = ("onnx", "exported-program", "safetensors")
 DEFAULT_OPSET = 18
@@ -37,20 +37,6 @@ def load_model(name: str, checkpoint: str | None = None, num_classes: int | None
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return timm.create_model(name, checkpoint_path=checkpoint or "", **kwargs).eval()
-
-
-def write_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _example(model: nn.Module, img_size: int, batch: int = 2) -> torch.Tensor:
@@ -81,7 +67,7 @@ def export_onnx(model: nn.Module, path: str, img_size: int = 224, opset: int = D
             )
         program.save(tmp, external_data=False)
 
-    write_atomic(path, write)
+    atomic_write(path, write)
 
 
 def onnx_max_error(model: nn.Module, path: str, img_size: int = 224, batch_sizes: tuple[int, ...] = (1, 3)) -> float:
@@ -105,7 +91,7 @@ def export_program(model: nn.Module, path: str, img_size: int = 224) -> None:
     model = model.eval()
     with torch.no_grad():
         program = torch.export.export(model, (_example(model, img_size),), dynamic_shapes=_batch_dynamic())
-    write_atomic(path, lambda tmp: torch.export.save(program, tmp))
+    atomic_write(path, lambda tmp: torch.export.save(program, tmp))
 
 
 def export_safetensors(model: nn.Module, path: str, model_name: str) -> None:
@@ -114,7 +100,7 @@ def export_safetensors(model: nn.Module, path: str, model_name: str) -> None:
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {"model": model_name, "num_classes": str(getattr(model, "num_classes", "")), "format": "pt"}
-    write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def load_safetensors(path: str) -> nn.Module:

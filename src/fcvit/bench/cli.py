@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import write_atomic
+    from ..atomic import atomic_write_text
     from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
 
     specs = list(args.models) + [p for p in PEERS if args.peers and p not in args.models]
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         (args.markdown, f"`{result['command']}`\n\n{table}\n"),
     ):
         if path:
-            write_atomic(path, lambda tmp, text=text: Path(tmp).write_text(text))
+            atomic_write_text(path, text)
     return 0
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import time
 import types
 import typing
@@ -186,15 +184,12 @@ def _guarded(command: str, func):
     """``func`` failing as ``fcvit train`` does on bad input: one line naming the problem on stderr, exit 1."""
 
     def run(args: argparse.Namespace) -> int:
-        from ..train.checkpoint import CheckpointError
-        from ..train.utils import NonFiniteLossError
+        from ..train.cli import report_error, user_errors
 
         try:
             return func(args)
-        except (OSError, ValueError, CheckpointError, NonFiniteLossError) as e:
-            rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") != "1" else None
-            print(f"fcvit {command}{f' [rank {rank}]' if rank else ''}: error: {e}", file=sys.stderr, flush=True)
-            return 1
+        except user_errors() as e:
+            return report_error(command, e)
 
     return run
 

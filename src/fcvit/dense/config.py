@@ -35,8 +35,8 @@ class CanvasConfig:
 
 
 @dataclass
-class DetConfig:
-    """Mask R-CNN recipe; defaults are the paper's COCO setting (Table 4: 1x schedule as in mmdetection)."""
+class DenseConfig:
+    """What detection and segmentation runs share: data, backbone and its initialisation, run settings."""
 
     data_dir: str = ""
     model: str = "fcvit_b12"
@@ -44,6 +44,16 @@ class DetConfig:
     checkpoint: str | None = None  # classification checkpoint initialising the backbone
     mean: tuple[float, ...] | None = None  # input normalisation; None: the checkpoint's (fcvit train), else timm's
     std: tuple[float, ...] | None = None
+    workers: int = 4
+    seed: int = 0
+    amp: bool = False  # bfloat16 autocast, CUDA only
+    grad_clip: float | None = None
+
+
+@dataclass
+class DetConfig(DenseConfig):
+    """Mask R-CNN recipe; defaults are the paper's COCO setting (Table 4: 1x schedule as in mmdetection)."""
+
     num_classes: int | None = None  # None: max category_id of the training set + 1 (background)
     epochs: int = 12
     lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the lr is divided by 10
@@ -59,22 +69,12 @@ class DetConfig:
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
     box_detections_per_img: int = 100
-    workers: int = 4
-    seed: int = 0
-    amp: bool = False  # bfloat16 autocast, CUDA only
-    grad_clip: float | None = None
 
 
 @dataclass
-class SegConfig:
+class SegConfig(DenseConfig):
     """Semantic FPN recipe; defaults are the paper's ADE20K setting (Table 5, mmsegmentation 40k schedule)."""
 
-    data_dir: str = ""
-    model: str = "fcvit_b12"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None  # classification checkpoint initialising the backbone
-    mean: tuple[float, ...] | None = None  # input normalisation; None: the checkpoint's (fcvit train), else timm's
-    std: tuple[float, ...] | None = None
     num_classes: int | None = None  # None: from DATA/classes.json, else 150 (ADE20K)
     reduce_zero_label: bool | None = None  # None: from DATA/classes.json, else True (ADE20K)
     iters: int = 40_000
@@ -90,10 +90,6 @@ class SegConfig:
     fpn_channels: int = 256
     head_channels: int = 128
     dropout: float = 0.1
-    workers: int = 4
-    seed: int = 0
-    amp: bool = False  # bfloat16 autocast, CUDA only
-    grad_clip: float | None = None
 
 
 # A tiny FCViT on small canvases: trains measurably in minutes on a CPU (see docs/dense.md).

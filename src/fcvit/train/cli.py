@@ -12,7 +12,7 @@ import os
 import sys
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
     """Expected failures (bad input, bad file, diverged run): one line naming the problem, exit code 1."""
     from .checkpoint import CheckpointError
     from .utils import NonFiniteLossError
@@ -20,7 +20,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return OSError, ValueError, CheckpointError, NonFiniteLossError
 
 
-def _error(command: str, e: BaseException) -> int:
+def report_error(command: str, e: BaseException) -> int:
+    """Print ``fcvit COMMAND [rank R]: error: ...`` on stderr and return exit code 1."""
     rank = os.environ.get("RANK")
     where = f" [rank {rank}]" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
     print(f"fcvit {command}{where}: error: {e}", file=sys.stderr, flush=True)
@@ -35,8 +36,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         base = load_checkpoint(args.resume).get("config") if getattr(args, "resume", "") else None
         train(config_from_args(args, base=base))
-    except _user_errors() as e:
-        return _error("train", e)
+    except user_errors() as e:
+        return report_error("train", e)
     return 0
 
 
@@ -62,8 +63,8 @@ def run_validate(args: argparse.Namespace) -> int:
         model.to(device=device, memory_format=torch.channels_last)
         loader = create_eval_loader(dataset, data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images)
         metrics = evaluate(model, loader, device, channels_last=True)
-    except _user_errors() as e:
-        return _error("validate", e)
+    except user_errors() as e:
+        return report_error("validate", e)
     metrics = {
         "model": model.default_cfg.get("architecture", args.model),
         "checkpoint": args.checkpoint,
@@ -92,8 +93,8 @@ def run_predict(args: argparse.Namespace) -> int:
         model, data_config, class_names = load_trained_model(
             args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
         )
-    except _user_errors() as e:
-        return _error("predict", e)
+    except user_errors() as e:
+        return report_error("predict", e)
     transform = create_eval_transform(data_config)
     mode = image_mode(data_config["input_size"][0])
     images, paths, failed = [], [], 0
@@ -103,7 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
             paths.append(path)
         except OSError as e:
             failed += 1
-            _error("predict", e)
+            report_error("predict", e)
     results = []
     k = min(args.topk, len(class_names))
     with torch.no_grad():

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write, atomic_write_text
+
 __all__ = ["Progress", "RunLogger", "format_duration", "plot_curves"]
 
 
@@ -109,12 +111,14 @@ class RunLogger:
         fields: list[str] = []
         for r in self.rows:
             fields += [k for k in r if k not in fields]
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(self.csv_path, write)
 
     def log_scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
         """Scalars to TensorBoard at ``step`` (e.g. per-step training loss and lr)."""
@@ -139,9 +143,7 @@ class RunLogger:
         """Write ``summary.json`` and ``curves.png`` (``panels``: ``{title: [csv column, ...]}``); close TensorBoard."""
         if not self.enabled:
             return
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(dict(summary), indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(dict(summary), indent=2) + "\n")
         plot_curves(self.rows, self.run_dir / "curves.png", panels)
         self.close()
 
