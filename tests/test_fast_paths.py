@@ -6,10 +6,14 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from official_fixtures import TINY_CKPT, TINY_IO, micro_model, needs_shared
 
 import fcvit
-from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction, set_fast_path
+from fcvit.bench.profile import count_gmacs
+from fcvit.layers import fast as fast_module
+from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction
+from fcvit.layers.fast import FUSED_CONV, batch_chunk, conv_gelu, set_fast_path
 
 TOL = 1e-4
 
@@ -173,3 +177,104 @@ def test_cuda_bf16_fast_equals_plain():
             outs.append(model.eval()(x).float())
     torch.testing.assert_close(outs[0], outs[1], rtol=2e-2, atol=2e-2 * outs[1].abs().max().item())
     torch.testing.assert_close(outs[1].cpu(), io["logits48x80"], rtol=5e-2, atol=5e-2 * outs[1].abs().max().item())
+
+
+# --- CPU inference paths: channels_last, conv + GELU in one oneDNN call, batch chunking --------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("groups,kernel,padding", [(1, 1, 0), (24, 3, 1), (24, 11, 5)])
+def test_fused_conv_gelu_equals_conv_then_gelu(groups, kernel, padding, channels_last):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 24, kernel, padding=padding, groups=groups)
+    x = torch.randn(3, 24, 9, 13)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = F.gelu(conv(x))
+        fused = conv_gelu(conv, x)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-5)
+
+
+def test_fused_conv_gelu_only_in_cpu_inference():
+    """With autograd on, under autocast or with ``fuse=False`` the plain conv + GELU runs (and is differentiable)."""
+    conv = torch.nn.Conv2d(8, 8, 1)
+    x = torch.randn(2, 8, 5, 5)
+    with torch.profiler.profile() as prof:
+        y = conv_gelu(conv, x)
+        with torch.no_grad():
+            conv_gelu(conv, x, fuse=False)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                conv_gelu(conv, x)
+            conv_gelu(conv, x)
+    fused = [e for e in prof.events() if "_convolution_pointwise" in e.name]
+    assert len(fused) == (1 if FUSED_CONV is not None else 0)  # only the last call
+    assert y.grad_fn is not None
+
+
+def test_batch_chunk_sizes():
+    x = torch.empty(16, 64, 56, 56)  # a 512-channel hidden map of one image: 6.1 MiB
+    assert batch_chunk(x, 512, budget=16 * 2**20) == 2
+    assert batch_chunk(x, 512, budget=2**20) == 1
+    assert batch_chunk(x, 512, budget=2**40) == 16
+    assert batch_chunk(torch.empty(16, 128, 28, 28), 1024, budget=16 * 2**20) == 4  # 5 per chunk -> 4 x 4
+
+
+@pytest.mark.parametrize("budget", [1, 2**18])  # one image per chunk; 2, 4, 6 and 6 images per chunk by stage
+def test_chunked_inference_equals_plain_and_official(budget, monkeypatch):
+    model, io = micro_model()
+    x = torch.cat([io["x64"]] * 3)  # 6 images
+    expected = torch.cat([io["logits64"]] * 3)
+    monkeypatch.setattr(fast_module, "CHUNK_BYTES", budget)
+    with torch.no_grad():
+        set_fast_path(model, True)
+        got = model(x)
+        set_fast_path(model, False)
+        plain = model(x)
+    torch.testing.assert_close(got, plain, rtol=0, atol=TOL)
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOL)
+
+
+def test_iso_model_chunked_inference_equals_plain(monkeypatch):
+    torch.manual_seed(0)
+    model = fcvit.IsoFCViT(dim=32, depth=2, num_classes=4).eval()
+    x = torch.randn(5, 3, 64, 64)
+    monkeypatch.setattr(fast_module, "CHUNK_BYTES", 1)
+    outs = []
+    for enabled in (True, False):
+        set_fast_path(model, enabled)
+        with torch.no_grad():
+            outs.append(model(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=TOL)
+
+
+def test_maps_come_back_in_the_callers_memory_format():
+    """FCViT runs channels_last inside on CPU but returns maps as they came: NCHW in, NCHW out."""
+    model, io = micro_model()
+    x = io["x48x80"]
+    with torch.no_grad():
+        assert model.forward_features(x).is_contiguous()
+        final, maps = model.forward_intermediates(x)
+        assert final.is_contiguous() and all(m.is_contiguous() for m in maps)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        assert model.forward_features(x_cl).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_tracing_sees_the_plain_graph():
+    """torch.export (the route of ONNX export) never records the oneDNN fused op or batch chunks."""
+    model, io = micro_model()
+    with torch.no_grad():  # where eager CPU inference would take the fast paths
+        program = torch.export.export(model, (io["x64"],))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("mkldnn" in t for t in targets), targets
+    assert not any("cat" in t or "split" in t for t in targets), targets
+    torch.testing.assert_close(program.module()(io["x64"]), io["logits64"], rtol=0, atol=TOL)
+
+
+def test_gmacs_count_the_fused_convolutions():
+    """Counting under inference (fused convs) gives the plain path's MACs: fcvit_tiny 0.90 GMACs at 224."""
+    model = timm.create_model("fcvit_tiny")
+    fast_count = count_gmacs(model, (3, 224, 224))
+    set_fast_path(model, False)
+    assert fast_count == pytest.approx(count_gmacs(model, (3, 224, 224)), rel=1e-9)
+    assert fast_count == pytest.approx(0.9015, abs=1e-3)

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .runtime import tune_cpu_allocator
+
 COMMAND_MODULES = (
     "fcvit.models.summary",
     "fcvit.analysis.cli",
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "bench":  # bench measures under glibc's defaults unless given --tune-malloc
+        tune_cpu_allocator()
     result = args.func(args)
     return int(result or 0)
 

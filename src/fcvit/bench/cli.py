@@ -9,8 +9,11 @@ import sys
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
+    from ..runtime import tune_cpu_allocator
     from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
 
+    if args.tune_malloc and not tune_cpu_allocator():
+        raise SystemExit("fcvit bench: --tune-malloc needs Linux with glibc (and FCVIT_TUNE_MALLOC not 0)")
     specs = list(args.models) + [p for p in PEERS if args.peers and p not in args.models]
     if args.plain:
         specs += [s + PLAIN_SUFFIX for s in args.models if "fcvit" in s and not s.endswith(PLAIN_SUFFIX)]
@@ -66,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model before the rounds")
     p.add_argument("--steps", type=int, default=1, help="timed steps per model per round")
     p.add_argument("--onnx", action="store_true", help="add onnxruntime CPU inference throughput (fp32, CPU only)")
+    p.add_argument(
+        "--tune-malloc",
+        action="store_true",
+        help="keep freed memory in glibc's heap, as the other fcvit commands do (fcvit.runtime); default: glibc's "
+        "own settings, as in a plain PyTorch process",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", help="write the full result (rows, config, machine) to this JSON file")
     p.add_argument("--markdown", help="write the command and table to this Markdown file")

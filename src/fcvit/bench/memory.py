@@ -34,7 +34,9 @@ def _reset_peak() -> None:
 
 def peak_rss_mb_in_subprocess(spec: str, mode: str, cfg) -> float:
     """MiB of peak-RSS growth of ``spec``/``mode`` under ``cfg`` (a BenchConfig), measured in a new interpreter."""
-    request = json.dumps(dict(spec=spec, mode=mode, cfg=asdict(cfg)))
+    from ..runtime import allocator
+
+    request = json.dumps(dict(spec=spec, mode=mode, cfg=asdict(cfg), tune_malloc=allocator() != "default"))
     proc = subprocess.run(
         [sys.executable, "-m", "fcvit.bench.memory", request], capture_output=True, text=True, check=False
     )
@@ -46,9 +48,12 @@ def peak_rss_mb_in_subprocess(spec: str, mode: str, cfg) -> float:
 def _child(request: str) -> None:
     import torch
 
+    from ..runtime import tune_cpu_allocator
     from .speed import BenchConfig, build_workload
 
     args = json.loads(request)
+    if args["tune_malloc"]:
+        tune_cpu_allocator()
     cfg_dict = args["cfg"]
     cfg_dict["modes"] = tuple(cfg_dict["modes"])
     cfg = BenchConfig(**cfg_dict)

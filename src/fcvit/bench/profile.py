@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
+
+from ..layers.fast import FUSED_CONV
+
+
+def _fused_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the convolution inside a fused conv + GELU (the GELU, element-wise, is not counted)."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+if FUSED_CONV is not None:
+    register_flop_formula(FUSED_CONV)(_fused_conv_flop)
 
 
 def count_params(model: nn.Module) -> int:

@@ -22,6 +22,7 @@ import timm
 import torch
 from torch import nn
 
+from ..runtime import allocator
 from .profile import count_gmacs, count_params
 from .timing import interleaved_times, median_ratio, summarize
 
@@ -74,7 +75,7 @@ class BenchConfig:
 
 def create_model(spec: str, img_size: int) -> nn.Module:
     """Build ``spec`` (a timm model name, or ``NAME:plain`` for an FCViT with its fast paths off) in eval mode."""
-    from ..layers.depthwise import set_fast_path
+    from ..layers.fast import set_fast_path
 
     name = spec.removesuffix(PLAIN_SUFFIX)
     if not timm.is_model(name):
@@ -84,7 +85,7 @@ def create_model(spec: str, img_size: int) -> nn.Module:
     kwargs = {"img_size": img_size} if pretrained_cfg and pretrained_cfg.fixed_input_size else {}
     model = timm.create_model(name, **kwargs)
     if spec.endswith(PLAIN_SUFFIX) and set_fast_path(model, enabled=False) == 0:
-        raise ValueError(f"{spec!r}: {name} has no fast paths to turn off (no DepthwiseConv2d layers)")
+        raise ValueError(f"{spec!r}: {name} has no fast paths to turn off (not an FCViT-frame model)")
     return model.eval()
 
 
@@ -179,6 +180,7 @@ def machine_info(cfg: BenchConfig) -> dict[str, object]:
         torch=torch.__version__,
         timm=timm.__version__,
         python=platform.python_version(),
+        allocator=allocator(),
     )
     if cfg.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(cfg.device)
@@ -267,6 +269,7 @@ def format_markdown(result: dict[str, object]) -> str:
         f"{machine['date']} · {machine.get('gpu', machine['cpu'])} · torch {machine['torch']} · "
         f"{machine['torch_threads']} threads · {cfg['device']} {cfg['dtype']} · batch {cfg['batch_size']} · "
         f"{'channels_last' if cfg['channels_last'] else 'NCHW'}{' · compiled' if cfg['compile'] else ''} · "
+        f"malloc: {machine.get('allocator', 'default')} · "
         f"{cfg['rounds']} rounds x {cfg['steps']} steps · load average {_load(machine, 'start')} -> "
         f"{_load(machine, 'end')}",
         "",

@@ -5,20 +5,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fast import conv_gelu
+
 
 class ChannelMixer(nn.Module):
-    """1x1 conv C->rC, depth-wise 3x3 conv (optional), GELU, dropout, 1x1 conv rC->C, dropout."""
+    """1x1 conv C->rC, depth-wise 3x3 conv (optional), GELU, dropout, 1x1 conv rC->C, dropout.
+
+    ``fast``: the conv before the GELU and the GELU run as one oneDNN call in CPU inference
+    (:func:`fcvit.layers.fast.conv_gelu`).
+    """
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, dwconv: bool = True, drop: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if dwconv else nn.Identity()
-        self.act = nn.GELU()
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if dwconv else None
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop2 = nn.Dropout(drop)
+        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop1(self.act(self.dwconv(self.fc1(x))))
-        return self.drop2(self.fc2(x))
+        if self.dwconv is None:
+            x = conv_gelu(self.fc1, x, self.fast)
+        else:
+            x = conv_gelu(self.dwconv, self.fc1(x), self.fast)
+        return self.drop2(self.fc2(self.drop1(x)))

@@ -1,7 +1,8 @@
 """Depth-wise convolution with 'same' output size for any kernel size, odd or even, and exact fast paths.
 
-Two fast paths, each exact up to float rounding and each switchable (``fast`` / ``crop_kernel``,
-or :func:`set_fast_path` on a whole model) so that tests and benchmarks can compare against the plain path:
+Two fast paths, each exact up to float rounding and each switchable (``fast`` / ``crop_kernel``, or
+:func:`fcvit.layers.fast.set_fast_path` on a whole model) so that tests and benchmarks can compare against
+the plain path:
 
 * Kernel cropping. When the feature map is smaller than the kernel, most taps only ever multiply zero
   padding. A map of H rows can reach at most ``2H - 1`` taps, so the kernel is cropped to the taps that
@@ -117,16 +118,3 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def _fast_backward_helps(self, x: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.device.type == "cpu"
-
-
-def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
-    """Turn every exact fast path of the :class:`DepthwiseConv2d` layers in ``model`` on or off.
-
-    ``enabled=False`` gives the plain computation (full kernels, PyTorch's own backward), the reference that
-    tests and ``fcvit bench --plain`` compare against. Returns the number of layers switched.
-    """
-    layers = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
-    for m in layers:
-        m.crop_kernel = enabled
-        m.fast = enabled
-    return len(layers)

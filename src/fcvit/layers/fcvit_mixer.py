@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import ConvMlp
 from torch import nn
 
 from .depthwise import DepthwiseConv2d
+from .fast import conv_gelu
 from .global_context import GLOBAL_CONTEXT_MODES, GlobalContext
 from .registry import register_token_mixer
+
+
+class PointwiseMlp(nn.Module):
+    """``GELU(P(x))`` of Eq. 5: 1x1 conv C -> hidden, GELU, 1x1 conv hidden -> C, GELU.
+
+    ``fast``: each 1x1 conv runs with its GELU as one oneDNN call in CPU inference
+    (:func:`fcvit.layers.fast.conv_gelu`). Keys as timm's ConvMlp (``fc1``, ``fc2``).
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fast = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_gelu(self.fc2, conv_gelu(self.fc1, x, self.fast), self.fast)
 
 
 class MixingRound(nn.Module):
@@ -35,13 +52,12 @@ class MixingRound(nn.Module):
             else GlobalContext(dim, global_context, groups=groups, competitive=competitive, reduction=reduction)
         )
         self.dw = DepthwiseConv2d(dim, kernel_size)
-        self.mlp = ConvMlp(dim, max(dim // 8, 16), dim, act_layer=nn.GELU)
-        self.act = nn.GELU()
+        self.mlp = PointwiseMlp(dim, max(dim // 8, 16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gc is not None:
             x = x + self.gc(x)
-        return self.act(self.mlp(self.dw(x)))
+        return self.mlp(self.dw(x))
 
 
 @register_token_mixer("fcvit")

@@ -28,6 +28,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
+from ..layers.fast import batch_chunk, cpu_inference, eager_cpu, run_chunked
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
@@ -73,8 +74,22 @@ class FCViTBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(self.channel_mixer(self.norm2(x))))
+        x = self.residual(x, self.token_mixer(self.norm1(x)), self.ls1, self.drop_path1)
+        return self.residual(x, self.channel_mixer(self.norm2(x)), self.ls2, self.drop_path2)
+
+    def residual(self, x: torch.Tensor, y: torch.Tensor, ls: LayerScale2d, drop_path: nn.Module) -> torch.Tensor:
+        """``x + drop_path(gamma * y)``: one ``addcmul`` (one pass over memory) where drop path is off."""
+        if self.training and not isinstance(drop_path, nn.Identity):
+            return x + drop_path(ls(y))
+        return torch.addcmul(x, ls.gamma.view(-1, 1, 1), y)
+
+
+def run_blocks(blocks: nn.Sequential, x: torch.Tensor, widest: int, fast: bool) -> torch.Tensor:
+    """``blocks(x)``; in CPU inference (``fast``) a few images at a time, sized so that the blocks' widest map
+    (``widest`` channels) stays in cache (:func:`fcvit.layers.fast.batch_chunk`)."""
+    if fast and not blocks.training and cpu_inference(x):
+        return run_chunked(blocks, x, batch_chunk(x, widest))
+    return blocks(x)
 
 
 class FCViTStage(nn.Module):
@@ -84,13 +99,15 @@ class FCViTStage(nn.Module):
         super().__init__()
         self.downsample = OverlapPatchEmbed(in_dim, dim, 3, 2, 1) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[FCViTBlock(dim, drop_path=dpr, **kw) for dpr in drop_path_rates])
+        self.widest = max(dim, int(dim * kw.get("mlp_ratio", 4.0)))  # channels of the channel mixer's hidden map
         self.grad_checkpointing = False
+        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, self.widest, self.fast)
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list:
@@ -132,6 +149,7 @@ class _FCViTBase(nn.Module):
     num_classes: int
     in_chans: int
     num_features: int
+    fast: bool = True
 
     def _setup_head(self, num_classes: int, drop_rate: float, global_pool: str) -> None:
         self.num_classes = num_classes
@@ -169,6 +187,18 @@ class _FCViTBase(nn.Module):
                 f"{type(self).__name__} expects an input of shape [B, {self.in_chans}, H, W], "
                 f"got a tensor of shape {list(x.shape)}"
             )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the input and run the stem; on CPU (``fast``) the maps go channels_last from here on."""
+        self.check_input(x)
+        if self.fast and eager_cpu(x):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.stem(x)
+
+    @staticmethod
+    def like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y`` in the memory format of the caller's input ``x`` (NCHW unless ``x`` came channels_last)."""
+        return y.contiguous() if x.is_contiguous() else y
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -304,8 +334,7 @@ class FCViT(_FCViTBase):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages, final GroupNorm(1): the last feature map [B, C4, H/32, W/32]."""
-        self.check_input(x)
-        return self.norm(self.stages(self.stem(x)))
+        return self.like_input(self.norm(self.stages(self.embed(x))), x)
 
     def forward_intermediates(
         self,
@@ -322,22 +351,22 @@ class FCViT(_FCViTBase):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"FCViT intermediates are NCHW maps, output_fmt={output_fmt!r} is not supported")
-        self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         intermediates = []
-        x = self.stem(x)
+        y = self.embed(x)
         last = len(self.stages) - 1
         for i, stage in enumerate(stages):
-            x = stage(x)
+            y = stage(y)
             if i in take_indices:
                 if self.feature_norms is not None:
-                    intermediates.append(self.feature_norms[i](x))
+                    out = self.feature_norms[i](y)
                 else:
-                    intermediates.append(self.norm(x) if norm and i == last else x)
+                    out = self.norm(y) if norm and i == last else y
+                intermediates.append(self.like_input(out, x))
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        return self.like_input(self.norm(y), x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -395,6 +424,7 @@ class IsoFCViT(_FCViTBase):
             ]
         )
         self.feature_info = [dict(num_chs=dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        self.widest = max(dim, int(dim * mlp_ratio))
         self.grad_checkpointing = False
         self._setup_head(num_classes, drop_rate, global_pool)
         self.init_weights()
@@ -409,11 +439,12 @@ class IsoFCViT(_FCViTBase):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Patchify, blocks, final GroupNorm(1): [B, dim, H/16, W/16]."""
-        self.check_input(x)
-        x = self.stem(x)
+        y = self.embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return self.norm(checkpoint_seq(self.blocks, x))
-        return self.norm(self.blocks(x))
+            y = checkpoint_seq(self.blocks, y)
+        else:
+            y = run_blocks(self.blocks, y, self.widest, self.fast)
+        return self.like_input(self.norm(y), x)
 
     def forward_intermediates(
         self,
@@ -427,18 +458,17 @@ class IsoFCViT(_FCViTBase):
         """Block outputs (``norm=True``: through the final norm) and, unless ``intermediates_only``, the final map."""
         if output_fmt != "NCHW":
             raise ValueError(f"IsoFCViT intermediates are NCHW maps, output_fmt={output_fmt!r} is not supported")
-        self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
         intermediates = []
-        x = self.stem(x)
+        y = self.embed(x)
         for i, block in enumerate(blocks):
-            x = block(x)
+            y = block(y)
             if i in take_indices:
-                intermediates.append(self.norm(x) if norm else x)
+                intermediates.append(self.like_input(self.norm(y) if norm else y, x))
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        return self.like_input(self.norm(y), x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True

@@ -1,0 +1,117 @@
+"""Exact fast paths for CPU, chosen automatically, and the switch that turns them all off.
+
+Every path here computes what the plain modules compute, up to float rounding (tests hold them to 1e-4 in
+fp32), and applies only where it was measured to help (docs/benchmarks.md):
+
+* **channels_last** (CPU, training and inference): oneDNN's convolutions, depth-wise ones most, are faster
+  on NHWC tensors. FCViT converts its input once at the stem and hands maps back in the caller's format.
+* **Conv + GELU as one oneDNN call** (CPU inference): ``GELU(conv(x))`` with the GELU as a post-op of the
+  convolution (``torch.ops.mkldnn._convolution_pointwise``, the op inductor emits for the same pattern), so
+  the pre-activation map is never written to memory and read back.
+* **Batch chunking** (CPU inference): a stage runs its blocks on a few images at a time, so that the widest
+  map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays in cache between the
+  operators that read it instead of streaming through memory after each one. Eval mode makes every image
+  independent (BatchNorm uses its running statistics), so chunking cannot change the result.
+
+None of them applies while tracing (torch.compile, torch.export, ONNX export, FX, TorchScript): the traced
+graph is the plain one, so exported models run anywhere and the compiler does its own fusing.
+
+:func:`set_fast_path` turns every fast path of a model (these and those of :mod:`fcvit.layers.depthwise`)
+on or off; with them off a model is the plain reference the tests and ``fcvit bench NAME:plain`` compare to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Bytes of the widest map one chunk of images may make. Chosen by measurement on a 2-core Xeon (2 MiB L2 per
+# core, shared L3): fcvit_b12 at 224 px runs stage 1 one image at a time (6.1 MiB hidden map per image),
+# stage 2 two, stage 3 eight; docs/benchmarks.md has the sweep.
+CHUNK_BYTES = 16 * 2**20
+
+
+def _onednn_conv_pointwise() -> torch._ops.OpOverloadPacket | None:
+    try:
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return None
+
+
+# oneDNN convolution with an element-wise post-op (None where PyTorch was built without oneDNN).
+FUSED_CONV = _onednn_conv_pointwise() if torch.backends.mkldnn.is_available() else None
+
+
+def eager_cpu(x: torch.Tensor) -> bool:
+    """``x`` is a CPU tensor seen by eager PyTorch, where the CPU fast paths apply.
+
+    Not under torch.compile / torch.export (dynamo), TorchScript or jit tracing; under FX tracing ``x``
+    is a Proxy, not a tensor.
+    """
+    tracing = torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+    return not tracing and isinstance(x, torch.Tensor) and x.device.type == "cpu"
+
+
+def cpu_inference(x: torch.Tensor) -> bool:
+    """Eager CPU fp32 without autograd or autocast: where the inference-only fast paths apply."""
+    return (
+        eager_cpu(x)
+        and not torch.is_grad_enabled()
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def conv_gelu(conv: nn.Conv2d, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
+    """``GELU(conv(x))`` (exact, erf GELU); one oneDNN call with a GELU post-op when ``fuse`` and in CPU inference."""
+    fusable = FUSED_CONV is not None and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    if not (fuse and fusable and cpu_inference(x)):
+        return F.gelu(conv(x))
+    return FUSED_CONV(
+        x,
+        conv.weight,
+        conv.bias,
+        list(conv.padding),
+        list(conv.stride),
+        list(conv.dilation),
+        conv.groups,
+        "gelu",
+        [],
+        "none",
+    )
+
+
+def batch_chunk(x: torch.Tensor, widest_channels: int, budget: int | None = None) -> int:
+    """Images per chunk so that a ``widest_channels``-channel map of ``x``'s size fits in ``budget`` bytes
+    (default :data:`CHUNK_BYTES`), evened out over the batch (16 images at 5 per chunk: 4 chunks of 4)."""
+    per_image = widest_channels * x.shape[-2] * x.shape[-1] * x.element_size()
+    most = max(1, (budget or CHUNK_BYTES) // max(per_image, 1))
+    chunks = -(-x.shape[0] // most)
+    return -(-x.shape[0] // chunks)
+
+
+def run_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``fn(x)`` computed ``chunk`` images at a time (``fn`` must treat images independently)."""
+    if chunk >= x.shape[0]:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(chunk)])
+
+
+def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
+    """Turn every exact fast path in ``model`` on or off; return the number of modules switched.
+
+    A module with fast paths has a boolean ``fast`` attribute (and :class:`~fcvit.layers.DepthwiseConv2d`
+    also ``crop_kernel``). ``enabled=False`` gives the plain computation: full kernels, PyTorch's own
+    backward, NCHW, separate conv and GELU, whole batches.
+    """
+    switched = 0
+    for m in model.modules():
+        if hasattr(m, "fast"):
+            m.fast = enabled
+            if hasattr(m, "crop_kernel"):
+                m.crop_kernel = enabled
+            switched += 1
+    return switched
