@@ -39,12 +39,12 @@ def test_dynamic_global_context_matches_the_equation():
         gc.rescale_weight.uniform_(0.5, 1.5)
         gc.rescale_bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, 32, 5, 7, dtype=torch.float64)
-    assert torch.allclose(gc(x), reference_dynamic_context(gc, x), atol=1e-12)
+    assert torch.allclose(gc.context(x), reference_dynamic_context(gc, x), atol=1e-12)
 
 
 def test_static_global_context_is_constant_over_positions():
     gc = GlobalContext(16, "static", groups=8, competitive=False)
-    out = gc(torch.randn(2, 16, 6, 6))
+    out = gc.context(torch.randn(2, 16, 6, 6))
     assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))
 
 
@@ -81,3 +81,34 @@ def test_token_mixer_registry():
     assert mixer(torch.randn(1, 16, 8, 8)).shape == (1, 16, 8, 8)
     with pytest.raises(ValueError, match="unknown token mixer 'nope'"):
         create_token_mixer("nope", 16)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_context_fast_add_equals_plain(mode, channels_last):
+    """``gc(x)`` (x + GC(x) by batched matrix products) equals ``x + gc.context(x)``, values and gradients,
+    and keeps the input's memory format."""
+    torch.manual_seed(0)
+    gc = GlobalContext(32, mode, groups=8)
+    if mode == "dynamic":
+        with torch.no_grad():
+            gc.rescale_weight.uniform_(0.5, 1.5)
+            gc.rescale_bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 32, 7, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(3, 32, 7, 9)
+    results = []
+    for fast in (True, False):
+        gc.fast = fast
+        gc.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = gc(xi)
+        (y * weights).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in gc.named_parameters()}))
+        assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    (y_fast, gx_fast, grads_fast), (y_plain, gx_plain, grads_plain) = results
+    torch.testing.assert_close(y_fast, y_plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(gx_fast, gx_plain, rtol=0, atol=1e-5)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_fast[name], grads_plain[name], rtol=1e-4, atol=1e-4, msg=name)

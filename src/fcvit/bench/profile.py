@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers.fast import FUSED_CONV
-
-
-def _fused_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of the convolution inside a fused conv + GELU (the GELU, element-wise, is not counted)."""
-    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
-
-
-if FUSED_CONV is not None:
-    register_flop_formula(FUSED_CONV)(_fused_conv_flop)
+from ..layers.fast import plain_path
 
 
 def count_params(model: nn.Module) -> int:
@@ -28,12 +19,13 @@ def count_gmacs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
     """GMACs of one eval-mode forward pass of a single image, counted by ``torch.utils.flop_counter``.
 
     The counter reports FLOPs as 2 x MACs for convolutions, linear layers and matrix products (the
-    operations fvcore counts too); element-wise work is not counted, as in the papers' tables.
+    operations fvcore counts too); element-wise work is not counted, as in the papers' tables. FCViT's fast
+    paths are off while counting, so the count is that of the computation as defined (full kernels).
     """
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, plain_path(model):
         model(torch.zeros(1, *input_size))
     model.train(was_training)
     return counter.get_total_flops() / 2e9

@@ -9,28 +9,35 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
   convolution (``torch.ops.mkldnn._convolution_pointwise``, the op inductor emits for the same pattern), so
   the pre-activation map is never written to memory and read back.
 * **Batch chunking** (CPU inference): a stage runs its blocks on a few images at a time, so that the widest
-  map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays in cache between the
-  operators that read it instead of streaming through memory after each one. Eval mode makes every image
-  independent (BatchNorm uses its running statistics), so chunking cannot change the result.
+  map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays small: closer to the
+  caches, and below glibc's 32 MiB mmap ceiling, above which every map is mapped fresh and page-faulted in
+  at each operator (:mod:`fcvit.runtime`). Eval mode makes every image independent (BatchNorm uses its
+  running statistics), so chunking cannot change the result.
 
-None of them applies while tracing (torch.compile, torch.export, ONNX export, FX, TorchScript): the traced
-graph is the plain one, so exported models run anywhere and the compiler does its own fusing.
+Elsewhere: :class:`~fcvit.layers.DepthwiseConv2d` crops kernels on small maps and has a CPU backward made
+of forward convolutions; :class:`~fcvit.layers.GlobalContext` adds its dynamic context with two batched
+matrix products over the tokens in place (any device, training too).
 
-:func:`set_fast_path` turns every fast path of a model (these and those of :mod:`fcvit.layers.depthwise`)
-on or off; with them off a model is the plain reference the tests and ``fcvit bench NAME:plain`` compare to.
+None of the CPU paths here applies while tracing (torch.compile, torch.export, ONNX export, FX,
+TorchScript): the traced graph is the plain one, so exported models run anywhere and the compiler does its
+own fusing.
+
+:func:`set_fast_path` turns every fast path of a model on or off (:func:`plain_path` for a ``with`` block);
+with them off a model is the plain reference the tests and ``fcvit bench NAME:plain`` compare to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Bytes of the widest map one chunk of images may make. Chosen by measurement on a 2-core Xeon (2 MiB L2 per
-# core, shared L3): fcvit_b12 at 224 px runs stage 1 one image at a time (6.1 MiB hidden map per image),
-# stage 2 two, stage 3 eight; docs/benchmarks.md has the sweep.
+# Bytes of the widest map one chunk of images may make. Chosen by a sweep (docs/benchmarks.md) on a 2-core
+# Xeon: fcvit_b12 at 224 px, batch 16, runs stage 1 two images at a time (6.1 MiB hidden map per image),
+# stage 2 four, stages 3-4 whole.
 CHUNK_BYTES = 16 * 2**20
 
 
@@ -115,3 +122,17 @@ def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
                 m.crop_kernel = enabled
             switched += 1
     return switched
+
+
+@contextlib.contextmanager
+def plain_path(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` on its plain path inside the ``with`` block, then give every module its own setting back."""
+    saved = [(m, m.fast, getattr(m, "crop_kernel", None)) for m in model.modules() if hasattr(m, "fast")]
+    set_fast_path(model, False)
+    try:
+        yield model
+    finally:
+        for m, fast, crop in saved:
+            m.fast = fast
+            if crop is not None:
+                m.crop_kernel = crop

@@ -56,7 +56,7 @@ class MixingRound(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gc is not None:
-            x = x + self.gc(x)
+            x = self.gc(x)
         return self.mlp(self.dw(x))
 
 

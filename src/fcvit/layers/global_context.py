@@ -50,6 +50,7 @@ class GlobalContext(nn.Module):
         if mode == "dynamic":
             self.rescale_weight = nn.Parameter(torch.ones(groups))  # w in Eq. 8
             self.rescale_bias = nn.Parameter(torch.zeros(groups))  # beta in Eq. 8
+        self.fast = True
 
     def bottleneck(self, g: torch.Tensor) -> torch.Tensor:
         """``v = f(g)`` for the pooled tokens ``g`` of shape [B, C]."""
@@ -66,12 +67,20 @@ class GlobalContext(nn.Module):
         tokens = x.reshape(B, self.groups, d, H * W)
         # s[b, h, n] = d^-1/2 * sum_j x[b, h*d+j, n] * g[b, h*d+j]
         s = torch.einsum("bgdn,bgd->bgn", tokens, g.view(B, self.groups, d)) * d**-0.5
-        # standardise per sample over groups and positions together (unbiased std, as torch.std)
-        flat = s.reshape(B, -1)
-        s = (s - flat.mean(1).view(B, 1, 1)) / (flat.std(1).view(B, 1, 1) + 1e-5)
-        return s * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
+        return self._standardise(s, group_dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _standardise(self, s: torch.Tensor, group_dim: int) -> torch.Tensor:
+        """Standardise ``s`` per sample over groups and positions together (unbiased std, as torch.std), then
+        rescale per group (``w``, ``beta`` of Eq. 8); ``group_dim`` is where the groups are in ``s``."""
+        B = s.shape[0]
+        std, mean = torch.std_mean(s.reshape(B, -1), dim=1)
+        s = (s - mean.view(B, 1, 1)) / (std.view(B, 1, 1) + 1e-5)
+        shape = [1, 1, 1]
+        shape[group_dim] = self.groups
+        return s * self.rescale_weight.view(shape) + self.rescale_bias.view(shape)
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """``GC(x)`` of shape [B, C, H, W], computed as the equations read (the plain path)."""
         B, C, H, W = x.shape
         v = self.bottleneck(x.mean(dim=(2, 3)))
         if self.mode == "static":
@@ -80,3 +89,46 @@ class GlobalContext(nn.Module):
         # out[b, h*d+j, n] = s[b, h, n] * v[b, h*d+j]
         out = s.unsqueeze(2) * v.view(B, self.groups, C // self.groups, 1)
         return out.reshape(B, C, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + GC(x)``: the tokens with the global context added (first line of paper Eq. 5).
+
+        ``fast`` (default): the dynamic context as two batched matrix products that read the tokens in
+        place, in either memory format (:meth:`_add_dynamic`); otherwise ``x + context(x)``.
+        """
+        if not self.fast:
+            return x + self.context(x)
+        if self.mode == "static":
+            B, C = x.shape[:2]
+            return x + self.bottleneck(x.mean(dim=(2, 3))).view(B, C, 1, 1)
+        return self._add_dynamic(x)
+
+    def _add_dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + s * v`` with the similarity and the weighting each one ``bmm`` over the token matrix.
+
+        The tokens are seen without a copy as [B, HW, C] (channels_last) or [B, C, HW] (NCHW). Per-group
+        dot products and outer products become products with block-diagonal [G, C] matrices (``g`` or
+        ``v`` on the diagonal blocks), so that autograd's backward is made of ``bmm`` too, instead of
+        full-size temporaries and reductions.
+        """
+        B, C, H, W = x.shape
+        g = x.mean(dim=(2, 3))
+        v = self.bottleneck(g)
+        d = C // self.groups
+        eye = torch.eye(self.groups, dtype=x.dtype, device=x.device).view(1, self.groups, self.groups, 1)
+        g_blocks = (g.view(B, 1, self.groups, d) * eye).reshape(B, self.groups, C) * d**-0.5
+        v_blocks = (v.view(B, 1, self.groups, d) * eye).reshape(B, self.groups, C)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view
+            s = self._standardise(torch.bmm(tokens, g_blocks.transpose(1, 2)), group_dim=2)  # [B, HW, G]
+            return _add_product(tokens, s, v_blocks).view(B, H, W, C).permute(0, 3, 1, 2)
+        tokens = x.reshape(B, C, H * W)
+        s = self._standardise(torch.bmm(g_blocks, tokens), group_dim=1)  # [B, G, HW]
+        return _add_product(tokens, v_blocks.transpose(1, 2), s).view(B, C, H, W)
+
+
+def _add_product(tokens: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``tokens + a @ b`` in one pass; under autocast as a separate add, so the sum keeps the tokens' dtype."""
+    if torch.is_autocast_enabled(tokens.device.type):
+        return tokens + torch.bmm(a, b)
+    return torch.baddbmm(tokens, a, b)
