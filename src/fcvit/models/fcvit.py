@@ -85,8 +85,8 @@ class FCViTBlock(nn.Module):
 
 
 def run_blocks(blocks: nn.Sequential, x: torch.Tensor, widest: int, fast: bool) -> torch.Tensor:
-    """``blocks(x)``; in CPU inference (``fast``) a few images at a time, sized so that the blocks' widest map
-    (``widest`` channels) stays in cache (:func:`fcvit.layers.fast.batch_chunk`)."""
+    """``blocks(x)``; in CPU inference (``fast``) a few images at a time, so that the blocks' widest map
+    (``widest`` channels) stays within ``CHUNK_BYTES`` (:func:`fcvit.layers.fast.batch_chunk`)."""
     if fast and not blocks.training and cpu_inference(x):
         return run_chunked(blocks, x, batch_chunk(x, widest))
     return blocks(x)
