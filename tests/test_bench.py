@@ -8,7 +8,7 @@ import pytest
 
 from fcvit.bench.memory import peak_rss_mb_in_subprocess
 from fcvit.bench.speed import BenchConfig, run_benchmark
-from fcvit.bench.timing import interleaved_times, median_ratio, summarize
+from fcvit.bench.timing import interleaved_times, round_ratios, summarize
 from fcvit.cli import main
 
 
@@ -18,7 +18,8 @@ def test_interleaved_times_runs_workloads_in_rounds():
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert summarize([1.0, 2.0, 3.0, 4.0, 100.0])["median"] == 3.0
-    assert median_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 2.0]) == 3.0
+    assert round_ratios([2.0, 4.0, 6.0], [1.0, 1.0, 2.0]) == [2.0, 4.0, 3.0]
+    assert summarize(round_ratios([2.0, 4.0, 6.0], [1.0, 1.0, 2.0]))["median"] == 3.0
 
 
 def test_bench_two_models_writes_table_and_json(tmp_path, capsys):
@@ -36,7 +37,9 @@ def test_bench_two_models_writes_table_and_json(tmp_path, capsys):
             assert 0 < stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
         assert row["params_m"] > 0 and row["gmacs"] > 0
     ref = next(r for r in result["rows"] if r["model"] == "test_convnext")
-    assert ref["infer_vs_ref"] == ref["train_vs_ref"] == 1.0
+    assert ref["infer_vs_ref"] == ref["train_vs_ref"] == 1.0 and ref["infer_vs_ref_iqr"] == [1.0, 1.0]
+    fast = result["rows"][0]
+    assert fast["infer_vs_ref_iqr"][0] <= fast["infer_vs_ref"] <= fast["infer_vs_ref_iqr"][1]
     lines = [line for line in table.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "fcvit_tiny:plain" in out_md.read_text() and result["machine"]["torch"]

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..runtime import allocator
 from .profile import count_gmacs, count_params
-from .timing import interleaved_times, median_ratio, summarize
+from .timing import interleaved_times, round_ratios, summarize
 
 PEERS = (
     "poolformer_s12",
@@ -229,7 +229,9 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
             seconds = times[(s, mode)]
             throughput = summarize([cfg.batch_size / t for t in seconds])
             row[f"{mode}_img_s"] = {k: round(v, 2) for k, v in throughput.items()}
-            row[f"{mode}_vs_ref"] = round(median_ratio(times[(reference, mode)], seconds), 3)
+            ratio = summarize(round_ratios(times[(reference, mode)], seconds))
+            row[f"{mode}_vs_ref"] = round(ratio["median"], 3)
+            row[f"{mode}_vs_ref_iqr"] = [round(ratio["q1"], 3), round(ratio["q3"], 3)]
             row[f"{mode}_seconds"] = [round(t, 5) for t in seconds]  # per round, for re-analysis
         rows.append(row)
     if cfg.memory:
@@ -262,7 +264,7 @@ def format_markdown(result: dict[str, object]) -> str:
     header = ["model", "params (M)", f"GMACs @{cfg['img_size']}"]
     for mode in modes:
         label = "onnxruntime infer" if mode == "onnx" else mode
-        header += [f"{label} img/s (median [IQR])", f"{label} x {ref}"]
+        header += [f"{label} img/s (median [IQR])", f"{label} x {ref} (median [IQR] of rounds)"]
     if cfg["memory"]:
         header += [f"{m} peak {'CUDA' if cfg['device'].startswith('cuda') else 'RSS'} (MB)" for m in cfg["modes"]]
     lines = [
@@ -280,7 +282,11 @@ def format_markdown(result: dict[str, object]) -> str:
         cells = [str(r["model"]), f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}"]
         for mode in modes:
             t = r[f"{mode}_img_s"]
-            cells += [f"{t['median']:.1f} [{t['q1']:.1f}, {t['q3']:.1f}]", f"{r[f'{mode}_vs_ref']:.2f}"]
+            q1, q3 = r[f"{mode}_vs_ref_iqr"]
+            cells += [
+                f"{t['median']:.1f} [{t['q1']:.1f}, {t['q3']:.1f}]",
+                f"{r[f'{mode}_vs_ref']:.2f} [{q1:.2f}, {q3:.2f}]",
+            ]
         if cfg["memory"]:
             cells += [f"{r[f'{m}_peak_mb']:.0f}" for m in cfg["modes"]]
         lines.append("| " + " | ".join(cells) + " |")

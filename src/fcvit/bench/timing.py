@@ -53,6 +53,6 @@ def summarize(values: list[float]) -> dict[str, float]:
     return dict(median=statistics.median(values), q1=q1, q3=q3, min=min(values), max=max(values))
 
 
-def median_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """Median over rounds of ``numerator[r] / denominator[r]`` (both measured in the same round)."""
-    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
+def round_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
+    """``numerator[r] / denominator[r]`` for every round r (both measured in the same round)."""
+    return [n / d for n, d in zip(numerator, denominator, strict=True)]
