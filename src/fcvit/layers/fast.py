@@ -112,7 +112,7 @@ def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
 
     A module with fast paths has a boolean ``fast`` attribute (and :class:`~fcvit.layers.DepthwiseConv2d`
     also ``crop_kernel``). ``enabled=False`` gives the plain computation: full kernels, PyTorch's own
-    backward, NCHW, separate conv and GELU, whole batches.
+    backward, NCHW, separate conv and GELU, whole batches, the global context as its equations read.
     """
     switched = 0
     for m in model.modules():
