@@ -13,15 +13,9 @@ from fcvit.layers import ACmix, Attention2d, DepthwiseAttention2d, FCViTMixer
 from fcvit.layers.attention import AbsolutePositionEmbedding
 from fcvit.models.mixers import MIXERS, VARIANTS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this module: on a shared, loaded 2-core machine OpenMP's spin-waiting made the
-    train steps here ~15x slower with two threads (6 min against 27 s for the mixer tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: on a shared, loaded 2-core machine OpenMP's spin-waiting made the train steps here
+# ~15x slower with two threads (6 min against 27 s for the mixer tests).
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _input_size(name: str) -> int:

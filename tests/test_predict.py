@@ -15,11 +15,7 @@ from fcvit.cli import main
 from fcvit.data import FASHION_MNIST_CLASSES
 from fcvit.train.checkpoint import save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from train_utils import TINY, make_fashion_root, one_thread, run_cli
+from train_utils import TINY, make_fashion_root, run_cli
 
 from fcvit.cli import main
 from fcvit.train.checkpoint import load_checkpoint
@@ -17,10 +17,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 CONVNEXT = ["--model", "convnext_atto", "--model-kwargs", json.dumps({"depths": [1] * 4, "dims": [8, 16, 24, 32]})]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

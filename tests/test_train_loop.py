@@ -9,18 +9,14 @@ import sys
 
 import pytest
 import torch
-from train_utils import TINY, make_fashion_root, make_image_folder, one_thread, run_cli
+from train_utils import TINY, make_fashion_root, make_image_folder, run_cli
 
 import fcvit.train.train as train_module
 from fcvit.cli import main
 from fcvit.train.checkpoint import load_checkpoint
 from fcvit.train.config import load_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

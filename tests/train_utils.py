@@ -69,15 +69,17 @@ def make_image_folder(root: Path, per_class: int = 12, classes: int = 3, seed: i
 
 @contextlib.contextmanager
 def one_thread():
-    """Torch on one thread inside the ``with`` block (the tests' autouse fixtures wrap every test in it).
+    """Torch on one thread inside the ``with`` block (the ``torch_one_thread`` fixture of conftest.py).
 
     Tiny models gain nothing from a second thread, and on a busy machine an OpenMP team waiting for a
     descheduled thread runs many times slower. Subprocesses of :func:`run_cli` get one thread too.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300, prefix: list[str] | None = None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .runtime import tune_cpu_allocator
@@ -30,12 +31,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Expected failures (bad input, bad file, diverged run): one line naming the problem, exit code 1."""
+    from .train.checkpoint import CheckpointError
+    from .train.utils import NonFiniteLossError
+
+    return OSError, ValueError, CheckpointError, NonFiniteLossError
+
+
+def report_error(command: str, e: BaseException) -> int:
+    """Print ``fcvit COMMAND [rank R]: error: ...`` on stderr and return exit code 1."""
+    rank = os.environ.get("RANK")
+    where = f" [rank {rank}]" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    print(f"fcvit {command}{where}: error: {e}", file=sys.stderr, flush=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "bench":  # bench measures under glibc's defaults unless given --tune-malloc
+    if getattr(args, "tune_malloc", True):  # a command may offer --tune-malloc instead (fcvit bench)
         tune_cpu_allocator()
-    result = args.func(args)
-    return int(result or 0)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as e:
+        # the command as typed: "train", or "det train" (nested actions have dests named *_command)
+        words = [args.command, *(v for k, v in vars(args).items() if k.endswith("_command") and v)]
+        return report_error(" ".join(words), e)
 
 
 if __name__ == "__main__":

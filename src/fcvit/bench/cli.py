@@ -9,10 +9,10 @@ import sys
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
-    from ..runtime import tune_cpu_allocator
+    from ..runtime import allocator
     from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
 
-    if args.tune_malloc and not tune_cpu_allocator():
+    if args.tune_malloc and allocator() == "default":  # main() applied it unless it could not
         raise SystemExit("fcvit bench: --tune-malloc needs Linux with glibc (and FCVIT_TUNE_MALLOC not 0)")
     specs = list(args.models) + [p for p in PEERS if args.peers and p not in args.models]
     if args.plain:

@@ -180,20 +180,6 @@ def run_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(command: str, func):
-    """``func`` failing as ``fcvit train`` does on bad input: one line naming the problem on stderr, exit 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        from ..train.cli import report_error, user_errors
-
-        try:
-            return func(args)
-        except user_errors() as e:
-            return report_error(command, e)
-
-    return run
-
-
 def _common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
     p.set_defaults(task=task)
@@ -209,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--fashion-root", default=None, help="Fashion-MNIST root (default: the system copy)")
     add_config_flags(m, CanvasConfig, "canvases")
-    m.set_defaults(func=_guarded("dense make-data", run_make_data))
+    m.set_defaults(func=run_make_data)
 
     for task, cls in TASKS.items():
         t = subparsers.add_parser(task, help=TASK_HELP[task])
@@ -229,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         tr.add_argument("--log-interval", type=int, default=20)
         _common(tr, task)
         add_config_flags(tr, cls)
-        tr.set_defaults(func=_guarded(f"{task} train", run_train))
+        tr.set_defaults(func=run_train)
 
         ev = actions.add_parser("eval", help=f"evaluate a checkpoint ({METRICS_HELP[task]})")
         ev.add_argument("checkpoint", help="a .pth written by train, or a run directory (its checkpoint-best.pth)")
@@ -237,7 +223,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ev.add_argument("--split", default="val")
         ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
         _common(ev, task)
-        ev.set_defaults(func=_guarded(f"{task} eval", run_eval))
+        ev.set_defaults(func=run_eval)
 
         pr = actions.add_parser("predict", help="write overlay PNGs for images")
         pr.add_argument("checkpoint", help="a .pth written by train, or a run directory (its checkpoint-best.pth)")
@@ -246,4 +232,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if task == "det":
             pr.add_argument("--score-threshold", type=float, default=0.5)
         _common(pr, task)
-        pr.set_defaults(func=_guarded(f"{task} predict", run_predict))
+        pr.set_defaults(func=run_predict)

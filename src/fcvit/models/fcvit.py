@@ -84,10 +84,11 @@ class FCViTBlock(nn.Module):
         return torch.addcmul(x, ls.gamma.view(-1, 1, 1), y)
 
 
-def run_blocks(blocks: nn.Sequential, x: torch.Tensor, widest: int, fast: bool) -> torch.Tensor:
-    """``blocks(x)``; in CPU inference (``fast``) a few images at a time, so that the blocks' widest map
-    (``widest`` channels) stays within ``CHUNK_BYTES`` (:func:`fcvit.layers.fast.batch_chunk`)."""
+def run_blocks(blocks: nn.Sequential, x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``blocks(x)``; in CPU inference (``fast``) a few images at a time, so that the blocks' widest map (the
+    channel mixers' hidden map) stays within ``CHUNK_BYTES`` (:func:`fcvit.layers.fast.batch_chunk`)."""
     if fast and not blocks.training and cpu_inference(x):
+        widest = max([x.shape[1], *(b.channel_mixer.fc1.out_channels for b in blocks)])
         return run_chunked(blocks, x, batch_chunk(x, widest))
     return blocks(x)
 
@@ -99,7 +100,6 @@ class FCViTStage(nn.Module):
         super().__init__()
         self.downsample = OverlapPatchEmbed(in_dim, dim, 3, 2, 1) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[FCViTBlock(dim, drop_path=dpr, **kw) for dpr in drop_path_rates])
-        self.widest = max(dim, int(dim * kw.get("mlp_ratio", 4.0)))  # channels of the channel mixer's hidden map
         self.grad_checkpointing = False
         self.fast = True
 
@@ -107,7 +107,7 @@ class FCViTStage(nn.Module):
         x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
-        return run_blocks(self.blocks, x, self.widest, self.fast)
+        return run_blocks(self.blocks, x, self.fast)
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list:
@@ -424,7 +424,6 @@ class IsoFCViT(_FCViTBase):
             ]
         )
         self.feature_info = [dict(num_chs=dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
-        self.widest = max(dim, int(dim * mlp_ratio))
         self.grad_checkpointing = False
         self._setup_head(num_classes, drop_rate, global_pool)
         self.init_weights()
@@ -443,7 +442,7 @@ class IsoFCViT(_FCViTBase):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             y = checkpoint_seq(self.blocks, y)
         else:
-            y = run_blocks(self.blocks, y, self.widest, self.fast)
+            y = run_blocks(self.blocks, y, self.fast)
         return self.like_input(self.norm(y), x)
 
     def forward_intermediates(

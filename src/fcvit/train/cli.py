@@ -8,24 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Expected failures (bad input, bad file, diverged run): one line naming the problem, exit code 1."""
-    from .checkpoint import CheckpointError
-    from .utils import NonFiniteLossError
-
-    return OSError, ValueError, CheckpointError, NonFiniteLossError
-
-
-def report_error(command: str, e: BaseException) -> int:
-    """Print ``fcvit COMMAND [rank R]: error: ...`` on stderr and return exit code 1."""
-    rank = os.environ.get("RANK")
-    where = f" [rank {rank}]" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
-    print(f"fcvit {command}{where}: error: {e}", file=sys.stderr, flush=True)
-    return 1
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -33,11 +15,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import config_from_args
     from .train import train
 
-    try:
-        base = load_checkpoint(args.resume).get("config") if getattr(args, "resume", "") else None
-        train(config_from_args(args, base=base))
-    except user_errors() as e:
-        return report_error("train", e)
+    base = load_checkpoint(args.resume).get("config") if getattr(args, "resume", "") else None
+    train(config_from_args(args, base=base))
     return 0
 
 
@@ -48,23 +27,20 @@ def run_validate(args: argparse.Namespace) -> int:
     from .distributed import pick_device
     from .utils import evaluate
 
-    try:
-        model, data_config, class_names = load_trained_model(
-            args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
+    model, data_config, class_names = load_trained_model(
+        args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
+    )
+    if args.img_size:
+        data_config["input_size"] = [data_config["input_size"][0], args.img_size, args.img_size]
+    dataset, classes = open_dataset(args.data, args.split, data_config["input_size"][0], args.data_dir, args.limit)
+    if len(classes) != len(class_names):
+        raise ValueError(
+            f"{args.data} ({args.split}) has {len(classes)} classes, the checkpoint's model {len(class_names)}"
         )
-        if args.img_size:
-            data_config["input_size"] = [data_config["input_size"][0], args.img_size, args.img_size]
-        dataset, classes = open_dataset(args.data, args.split, data_config["input_size"][0], args.data_dir, args.limit)
-        if len(classes) != len(class_names):
-            raise ValueError(
-                f"{args.data} ({args.split}) has {len(classes)} classes, the checkpoint's model {len(class_names)}"
-            )
-        device = pick_device(args.device)
-        model.to(device=device, memory_format=torch.channels_last)
-        loader = create_eval_loader(dataset, data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images)
-        metrics = evaluate(model, loader, device, channels_last=True)
-    except user_errors() as e:
-        return report_error("validate", e)
+    device = pick_device(args.device)
+    model.to(device=device, memory_format=torch.channels_last)
+    loader = create_eval_loader(dataset, data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images)
+    metrics = evaluate(model, loader, device, channels_last=True)
     metrics = {
         "model": model.default_cfg.get("architecture", args.model),
         "checkpoint": args.checkpoint,
@@ -85,16 +61,14 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import torch
 
+    from ..cli import report_error
     from ..data import load_image
     from ..data.transforms import create_eval_transform, image_mode
     from .build import load_trained_model
 
-    try:
-        model, data_config, class_names = load_trained_model(
-            args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
-        )
-    except user_errors() as e:
-        return report_error("predict", e)
+    model, data_config, class_names = load_trained_model(
+        args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
+    )
     transform = create_eval_transform(data_config)
     mode = image_mode(data_config["input_size"][0])
     images, paths, failed = [], [], 0
