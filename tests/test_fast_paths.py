@@ -12,8 +12,9 @@ from official_fixtures import TINY_CKPT, TINY_IO, micro_model, needs_shared
 import fcvit
 from fcvit.bench.profile import count_gmacs
 from fcvit.layers import fast as fast_module
+from fcvit.layers.channel_mixer import ChannelMixer
 from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction
-from fcvit.layers.fast import FUSED_CONV, batch_chunk, conv_gelu, set_fast_path
+from fcvit.layers.fast import FUSED_CONV, TINY_MAP, batch_chunk, conv_gelu, run_conv, set_fast_path
 
 TOL = 1e-4
 
@@ -177,6 +178,37 @@ def test_cuda_bf16_fast_equals_plain():
             outs.append(model.eval()(x).float())
     torch.testing.assert_close(outs[0], outs[1], rtol=2e-2, atol=2e-2 * outs[1].abs().max().item())
     torch.testing.assert_close(outs[1].cpu(), io["logits48x80"], rtol=5e-2, atol=5e-2 * outs[1].abs().max().item())
+
+
+# --- CPU training on tiny maps: 1x1 conv as a linear layer, depth-wise conv with the custom backward ---
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 3)])
+def test_channel_mixer_tiny_map_training_equals_plain(size):
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, *size).contiguous(memory_format=torch.channels_last)
+    assert_same_training(ChannelMixer(16, mlp_ratio=4), x)
+
+
+def _ops_of_training_step(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
+    x = x.detach().requires_grad_(True)
+    with torch.profiler.profile() as prof:
+        run_conv(conv, x).sum().backward()
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(8, 16, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)])
+def test_tiny_map_paths_apply_only_to_tiny_channels_last_maps_in_training(conv):
+    """The tiny-map paths run for channels_last maps of at most TINY_MAP pixels with autograd on, nowhere else."""
+    tiny = torch.randn(2, 8, 2, TINY_MAP // 2).contiguous(memory_format=torch.channels_last)
+    larger = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    marker = "aten::linear" if conv.groups == 1 else "DepthwiseConvFunctionBackward"
+    assert marker in _ops_of_training_step(conv, tiny)
+    assert marker not in _ops_of_training_step(conv, larger)
+    assert marker not in _ops_of_training_step(conv, tiny.contiguous())  # NCHW
+    with torch.profiler.profile() as prof, torch.no_grad():
+        y = run_conv(conv, tiny)
+    assert "aten::linear" not in {e.name for e in prof.events()} and y.is_contiguous(memory_format=torch.channels_last)
 
 
 # --- CPU inference paths: channels_last, conv + GELU in one oneDNN call, batch chunking --------------

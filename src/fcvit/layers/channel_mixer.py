@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fast import conv_gelu
+from .fast import conv_gelu, run_conv
 
 
 class ChannelMixer(nn.Module):
     """1x1 conv C->rC, depth-wise 3x3 conv (optional), GELU, dropout, 1x1 conv rC->C, dropout.
 
     ``fast``: the conv before the GELU and the GELU run as one oneDNN call in CPU inference
-    (:func:`fcvit.layers.fast.conv_gelu`).
+    (:func:`fcvit.layers.fast.conv_gelu`); tiny maps take the training paths of :func:`fcvit.layers.fast.run_conv`.
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, dwconv: bool = True, drop: float = 0.0):
@@ -29,5 +29,5 @@ class ChannelMixer(nn.Module):
         if self.dwconv is None:
             x = conv_gelu(self.fc1, x, self.fast)
         else:
-            x = conv_gelu(self.dwconv, self.fc1(x), self.fast)
-        return self.drop2(self.fc2(self.drop1(x)))
+            x = conv_gelu(self.dwconv, run_conv(self.fc1, x, self.fast), self.fast)
+        return self.drop2(run_conv(self.fc2, self.drop1(x), self.fast))

@@ -51,8 +51,8 @@ class DepthwiseConvFunction(torch.autograd.Function):
     With ``y[b, c] = xpad[b, c] * w[c]`` (cross-correlation ``*``):
 
     * ``grad_x[b, c] = grad_y[b, c] * flip(w[c])`` with the padding mirrored (a transposed convolution);
-    * ``grad_w[c] = sum_b xpad[b, c] * grad_y[b, c]``: a depth-wise convolution over the B*C maps of the
-      padded input, each with its own grad_y map as a (H x W) kernel, giving B*C (kh x kw) maps to sum over b.
+    * ``grad_w[c] = sum_b xpad[b, c] * grad_y[b, c]``: a depth-wise 3-D convolution of the padded input,
+      seen as C volumes of depth B, with the grad_y volumes as (B x H x W) kernels.
 
     Under autocast the saved input and weight are cast to the gradient's dtype, as the forward conv did.
     """
@@ -68,19 +68,24 @@ class DepthwiseConvFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         left, right, top, bottom = ctx.pad
-        B, C, H, W = x.shape
+        C = x.shape[1]
         kh, kw = weight.shape[-2:]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             flipped = weight.to(grad.dtype).flip(-2, -1)
             grad_x = depthwise_conv(grad, flipped, None, (right, left, bottom, top)).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            # [C, B, Hp, Wp] in one copy (pad and transpose together), seen as one image of C*B channels.
-            xpad = grad.new_zeros(C, B, H + top + bottom, W + left + right)
-            xpad[:, :, top : top + H, left : left + W] = x.transpose(0, 1)
-            kernels = grad.transpose(0, 1).reshape(C * B, 1, H, W)
-            per_image = F.conv2d(xpad.view(1, C * B, *xpad.shape[-2:]), kernels, groups=C * B)
-            grad_w = per_image.view(C, B, kh, kw).sum(1, keepdim=True).to(weight.dtype)
+            # The batch becomes the depth axis of one depth-wise 3-D convolution, which sums over it:
+            # input [1, C, B, Hp, Wp], kernels [C, 1, B, H, W] (grad_y), output [1, C, 1, kh, kw]. For
+            # channels_last maps the input is a view of x's memory and the kernels' layout is grad's own.
+            x = x.to(grad.dtype)
+            if left == right and top == bottom:
+                padding = (0, top, left)
+            else:
+                x, padding = F.pad(x, ctx.pad), (0, 0, 0)
+            volume = x.transpose(0, 1).unsqueeze(0)
+            kernels = grad.transpose(0, 1).unsqueeze(1).contiguous(memory_format=torch.channels_last_3d)
+            grad_w = F.conv3d(volume, kernels, padding=padding, groups=C).view(C, 1, kh, kw).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3)).to(weight.dtype)
         return grad_x, grad_w, grad_b, None

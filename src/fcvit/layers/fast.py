@@ -8,6 +8,10 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
 * **Conv + GELU as one oneDNN call** (CPU inference): ``GELU(conv(x))`` with the GELU as a post-op of the
   convolution (``torch.ops.mkldnn._convolution_pointwise``, the op inductor emits for the same pattern), so
   the pre-activation map is never written to memory and read back.
+* **Tiny maps in training** (CPU, channels_last, at most :data:`TINY_MAP` pixels, e.g. the 2x2 maps of
+  stage 4 at 64 px): oneDNN's convolution backward is slowest there, so a 1x1 conv runs as a linear layer
+  over the channels (views of the same memory) and a depth-wise conv with
+  :class:`~fcvit.layers.depthwise.DepthwiseConvFunction`'s backward (:func:`run_conv`).
 * **Batch chunking** (CPU inference): a stage runs its blocks on a few images at a time, so that the widest
   map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays small: closer to the
   caches, and below glibc's 32 MiB mmap ceiling, above which every map is mapped fresh and page-faulted in
@@ -35,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .depthwise import DepthwiseConvFunction
+
 # Bytes of the widest map one chunk of images may make. Chosen by a sweep (docs/benchmarks.md) on a 2-core
 # Xeon: fcvit_b12 at 224 px, batch 16, runs stage 1 two images at a time (6.1 MiB hidden map per image),
 # stage 2 four, stages 3-4 whole.
@@ -47,6 +53,11 @@ def _onednn_conv_pointwise() -> torch._ops.OpOverloadPacket | None:
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return None
 
+
+# Maps of at most this many pixels (2x2) take the tiny-map training paths of run_conv: measured on the
+# 2x2 maps of fcvit_tiny at 64 px, a 1x1 conv's forward + backward 1.6-1.8x faster as a linear layer, a 3x3
+# depth-wise conv's 4x faster with DepthwiseConvFunction; at 4x4 and above oneDNN's own is as fast or faster.
+TINY_MAP = 4
 
 # oneDNN convolution with an element-wise post-op (None where PyTorch was built without oneDNN).
 FUSED_CONV = _onednn_conv_pointwise() if torch.backends.mkldnn.is_available() else None
@@ -72,11 +83,36 @@ def cpu_inference(x: torch.Tensor) -> bool:
     )
 
 
+def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """``conv(x)``; with ``fast``, in CPU training on a tiny channels_last map (at most :data:`TINY_MAP` pixels)
+    a 1x1 conv runs as a linear layer over the channels and a depth-wise conv with
+    :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` (both exact)."""
+    tiny = (
+        fast
+        and eager_cpu(x)
+        and torch.is_grad_enabled()
+        and x.shape[-2] * x.shape[-1] <= TINY_MAP
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and conv.padding_mode == "zeros"
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and not isinstance(conv.padding, str)
+    )
+    if tiny and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
+        # [B, C, H, W] channels_last is [B, H, W, C] in memory: y = x W^T + b over the last axis.
+        return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
+    if tiny and conv.groups == conv.in_channels == conv.out_channels:
+        top, left = conv.padding
+        return DepthwiseConvFunction.apply(x, conv.weight, conv.bias, (left, left, top, top))
+    return conv(x)
+
+
 def conv_gelu(conv: nn.Conv2d, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
-    """``GELU(conv(x))`` (exact, erf GELU); one oneDNN call with a GELU post-op when ``fuse`` and in CPU inference."""
+    """``GELU(conv(x))`` (exact, erf GELU); one oneDNN call with a GELU post-op when ``fuse`` and in CPU inference,
+    else :func:`run_conv` then GELU."""
     fusable = FUSED_CONV is not None and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     if not (fuse and fusable and cpu_inference(x)):
-        return F.gelu(conv(x))
+        return F.gelu(run_conv(conv, x, fuse))
     return FUSED_CONV(
         x,
         conv.weight,
