@@ -14,7 +14,15 @@ from fcvit.bench.profile import count_gmacs
 from fcvit.layers import fast as fast_module
 from fcvit.layers.channel_mixer import ChannelMixer
 from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction
-from fcvit.layers.fast import FUSED_CONV, TINY_MAP, batch_chunk, conv_gelu, run_conv, set_fast_path
+from fcvit.layers.fast import (
+    DEPTHWISE_MAX_PIXELS,
+    FUSED_CONV,
+    LINEAR_MAX_PIXELS,
+    batch_chunk,
+    conv_gelu,
+    run_conv,
+    set_fast_path,
+)
 
 TOL = 1e-4
 
@@ -180,11 +188,11 @@ def test_cuda_bf16_fast_equals_plain():
     torch.testing.assert_close(outs[1].cpu(), io["logits48x80"], rtol=5e-2, atol=5e-2 * outs[1].abs().max().item())
 
 
-# --- CPU training on tiny maps: 1x1 conv as a linear layer, depth-wise conv with the custom backward ---
+# --- CPU training on small maps: 1x1 conv as a linear layer, depth-wise conv with the custom backward --
 
 
-@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 3)])
-def test_channel_mixer_tiny_map_training_equals_plain(size):
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 3), (4, 4)])
+def test_channel_mixer_small_map_training_equals_plain(size):
     torch.manual_seed(0)
     x = torch.randn(4, 16, *size).contiguous(memory_format=torch.channels_last)
     assert_same_training(ChannelMixer(16, mlp_ratio=4), x)
@@ -197,17 +205,23 @@ def _ops_of_training_step(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
     return {e.name for e in prof.events()}
 
 
-@pytest.mark.parametrize("conv", [torch.nn.Conv2d(8, 16, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)])
-def test_tiny_map_paths_apply_only_to_tiny_channels_last_maps_in_training(conv):
-    """The tiny-map paths run for channels_last maps of at most TINY_MAP pixels with autograd on, nowhere else."""
-    tiny = torch.randn(2, 8, 2, TINY_MAP // 2).contiguous(memory_format=torch.channels_last)
-    larger = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize(
+    "conv,largest",
+    [
+        (torch.nn.Conv2d(8, 16, 1), LINEAR_MAX_PIXELS),
+        (torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), DEPTHWISE_MAX_PIXELS),
+    ],
+)
+def test_small_map_paths_apply_only_to_small_channels_last_maps_in_training(conv, largest):
+    """The small-map paths run for channels_last maps of at most ``largest`` pixels with autograd on, nowhere else."""
+    small = torch.randn(2, 8, 2, largest // 2).contiguous(memory_format=torch.channels_last)
+    larger = torch.randn(2, 8, 3, largest // 2).contiguous(memory_format=torch.channels_last)
     marker = "aten::linear" if conv.groups == 1 else "DepthwiseConvFunctionBackward"
-    assert marker in _ops_of_training_step(conv, tiny)
+    assert marker in _ops_of_training_step(conv, small)
     assert marker not in _ops_of_training_step(conv, larger)
-    assert marker not in _ops_of_training_step(conv, tiny.contiguous())  # NCHW
+    assert marker not in _ops_of_training_step(conv, small.contiguous())  # NCHW
     with torch.profiler.profile() as prof, torch.no_grad():
-        y = run_conv(conv, tiny)
+        y = run_conv(conv, small)
     assert "aten::linear" not in {e.name for e in prof.events()} and y.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -12,7 +12,7 @@ class ChannelMixer(nn.Module):
     """1x1 conv C->rC, depth-wise 3x3 conv (optional), GELU, dropout, 1x1 conv rC->C, dropout.
 
     ``fast``: the conv before the GELU and the GELU run as one oneDNN call in CPU inference
-    (:func:`fcvit.layers.fast.conv_gelu`); tiny maps take the training paths of :func:`fcvit.layers.fast.run_conv`.
+    (:func:`fcvit.layers.fast.conv_gelu`); small maps take the training paths of :func:`fcvit.layers.fast.run_conv`.
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, dwconv: bool = True, drop: float = 0.0):

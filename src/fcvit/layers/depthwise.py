@@ -11,9 +11,9 @@ the plain path:
 * Backward as forward convolutions (CPU). oneDNN, PyTorch's CPU convolution, computes the weight gradient
   of a depth-wise convolution with a generic kernel: im2col + GEMM for NCHW tensors (for 11x11 kernels on
   56x56 maps, hundreds of times the forward pass), a dense jit kernel for channels_last ones.
-  :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions, which run on
-  oneDNN's depth-wise kernels: faster at every shape of FCViT measured, in both memory formats
-  (docs/benchmarks.md).
+  :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions (2-D for the
+  input gradient, 3-D over the batch for the weight gradient), which run on oneDNN's depth-wise kernels:
+  faster at every shape of FCViT's 11x11 mixers measured, in both memory formats (docs/benchmarks.md).
 """
 
 from __future__ import annotations

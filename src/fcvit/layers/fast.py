@@ -8,9 +8,9 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
 * **Conv + GELU as one oneDNN call** (CPU inference): ``GELU(conv(x))`` with the GELU as a post-op of the
   convolution (``torch.ops.mkldnn._convolution_pointwise``, the op inductor emits for the same pattern), so
   the pre-activation map is never written to memory and read back.
-* **Tiny maps in training** (CPU, channels_last, at most :data:`TINY_MAP` pixels, e.g. the 2x2 maps of
-  stage 4 at 64 px): oneDNN's convolution backward is slowest there, so a 1x1 conv runs as a linear layer
-  over the channels (views of the same memory) and a depth-wise conv with
+* **Small maps in training** (CPU, channels_last; e.g. the 4x4 and 2x2 maps of stages 3-4 at 64 px):
+  oneDNN's convolution backward is slowest there, so a 1x1 conv runs as a linear layer over the channels
+  (views of the same memory) and, on the smallest maps, a depth-wise conv with
   :class:`~fcvit.layers.depthwise.DepthwiseConvFunction`'s backward (:func:`run_conv`).
 * **Batch chunking** (CPU inference): a stage runs its blocks on a few images at a time, so that the widest
   map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays small: closer to the
@@ -54,10 +54,12 @@ def _onednn_conv_pointwise() -> torch._ops.OpOverloadPacket | None:
         return None
 
 
-# Maps of at most this many pixels (2x2) take the tiny-map training paths of run_conv: measured on the
-# 2x2 maps of fcvit_tiny at 64 px, a 1x1 conv's forward + backward 1.6-1.8x faster as a linear layer, a 3x3
-# depth-wise conv's 4x faster with DepthwiseConvFunction; at 4x4 and above oneDNN's own is as fast or faster.
-TINY_MAP = 4
+# Largest maps (pixels) that take run_conv's small-map training paths. Measured per layer, forward + backward,
+# at fcvit_tiny's 64 px shapes: a 1x1 conv as a linear layer is 1.1-1.5x faster on 4x4 maps and 1.6-1.8x on
+# 2x2, mixed on 8x8 and up to 2x slower on 16x16; a 3x3 depth-wise conv with DepthwiseConvFunction is 4x
+# faster on 2x2 maps but 3x slower on 4x4 (docs/benchmarks.md).
+LINEAR_MAX_PIXELS = 16
+DEPTHWISE_MAX_PIXELS = 4
 
 # oneDNN convolution with an element-wise post-op (None where PyTorch was built without oneDNN).
 FUSED_CONV = _onednn_conv_pointwise() if torch.backends.mkldnn.is_available() else None
@@ -84,24 +86,25 @@ def cpu_inference(x: torch.Tensor) -> bool:
 
 
 def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """``conv(x)``; with ``fast``, in CPU training on a tiny channels_last map (at most :data:`TINY_MAP` pixels)
-    a 1x1 conv runs as a linear layer over the channels and a depth-wise conv with
-    :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` (both exact)."""
-    tiny = (
+    """``conv(x)``; with ``fast``, in CPU training on a small channels_last map, a 1x1 conv runs as a linear
+    layer over the channels (at most :data:`LINEAR_MAX_PIXELS` pixels) and a depth-wise conv with
+    :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` (at most :data:`DEPTHWISE_MAX_PIXELS`); both exact."""
+    pixels = x.shape[-2] * x.shape[-1]
+    small = (
         fast
+        and pixels <= LINEAR_MAX_PIXELS
         and eager_cpu(x)
         and torch.is_grad_enabled()
-        and x.shape[-2] * x.shape[-1] <= TINY_MAP
         and x.is_contiguous(memory_format=torch.channels_last)
         and conv.padding_mode == "zeros"
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and not isinstance(conv.padding, str)
     )
-    if tiny and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
+    if small and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
         # [B, C, H, W] channels_last is [B, H, W, C] in memory: y = x W^T + b over the last axis.
         return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
-    if tiny and conv.groups == conv.in_channels == conv.out_channels:
+    if small and pixels <= DEPTHWISE_MAX_PIXELS and conv.groups == conv.in_channels == conv.out_channels:
         top, left = conv.padding
         return DepthwiseConvFunction.apply(x, conv.weight, conv.bias, (left, left, top, top))
     return conv(x)
