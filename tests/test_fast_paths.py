@@ -225,6 +225,17 @@ def test_small_map_paths_apply_only_to_small_channels_last_maps_in_training(conv
     assert "aten::linear" not in {e.name for e in prof.events()} and y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize(
+    "conv", [torch.nn.Conv2d(8, 8, 3, padding=2, groups=8), torch.nn.Conv2d(8, 16, 3, padding=1, groups=8)]
+)
+def test_small_map_depthwise_path_leaves_other_convs_to_pytorch(conv):
+    """A depth-wise conv that does not keep the map size, or a grouped one with a channel multiplier, runs as
+    PyTorch's conv on small maps too, with the same values and gradients."""
+    x = torch.randn(2, 8, 2, 2).contiguous(memory_format=torch.channels_last)
+    assert "DepthwiseConvFunctionBackward" not in _ops_of_training_step(conv, x)
+    torch.testing.assert_close(run_conv(conv, x), conv(x))
+
+
 # --- CPU inference paths: channels_last, conv + GELU in one oneDNN call, batch chunking --------------
 
 

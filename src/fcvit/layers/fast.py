@@ -101,11 +101,14 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tenso
         and conv.dilation == (1, 1)
         and not isinstance(conv.padding, str)
     )
-    if small and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
+    if not small:
+        return conv(x)
+    if conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
         # [B, C, H, W] channels_last is [B, H, W, C] in memory: y = x W^T + b over the last axis.
         return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
-    if small and pixels <= DEPTHWISE_MAX_PIXELS and conv.groups == conv.in_channels == conv.out_channels:
-        top, left = conv.padding
+    (kh, kw), (top, left) = conv.kernel_size, conv.padding
+    same_size = 2 * top == kh - 1 and 2 * left == kw - 1  # the maps DepthwiseConvFunction is written for
+    if pixels <= DEPTHWISE_MAX_PIXELS and same_size and conv.groups == conv.in_channels == conv.out_channels:
         return DepthwiseConvFunction.apply(x, conv.weight, conv.bias, (left, left, top, top))
     return conv(x)
 
