@@ -1,6 +1,6 @@
 """Depth-wise convolution with 'same' output size for any kernel size, odd or even, and exact fast paths.
 
-Two fast paths, each exact up to float rounding and each switchable (``fast`` / ``crop_kernel``, or
+Two fast paths, each exact up to float rounding and switched together by ``fast`` (or
 :func:`fcvit.layers.fast.set_fast_path` on a whole model) so that tests and benchmarks can compare against
 the plain path:
 
@@ -95,20 +95,19 @@ class DepthwiseConv2d(nn.Conv2d):
     """Depth-wise ``k x k`` convolution, stride 1, output size equal to input size.
 
     Even kernels pad one more on the right/bottom than on the left/top (as ``padding='same'``).
-    ``crop_kernel`` turns the exact kernel cropping on small maps on or off; ``fast`` chooses
+    ``fast`` turns on the exact kernel cropping on small maps (every device) and
     :class:`DepthwiseConvFunction` for the backward pass where it is faster: on CPU, when gradients are
     needed (inference and other devices keep PyTorch's own convolution).
     """
 
-    def __init__(self, dim: int, kernel_size: int, bias: bool = True, crop_kernel: bool = True, fast: bool = True):
+    def __init__(self, dim: int, kernel_size: int, bias: bool = True, fast: bool = True):
         super().__init__(dim, dim, kernel_size, padding=0, groups=dim, bias=bias)
-        self.crop_kernel = crop_kernel
         self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         H, W = x.shape[-2:]
-        if self.crop_kernel:
+        if self.fast:
             h0, h1, top, bottom = _taps(kh, H)
             w0, w1, left, right = _taps(kw, W)
             weight = self.weight[:, :, h0 : h1 + 1, w0 : w1 + 1]

@@ -85,6 +85,11 @@ def cpu_inference(x: torch.Tensor) -> bool:
     )
 
 
+def _zero_padded(conv: nn.Conv2d) -> bool:
+    """``conv`` pads with zeros by explicit amounts (not ``'same'``/``'valid'``), as the fast paths take it."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """``conv(x)``; with ``fast``, in CPU training on a small channels_last map, a 1x1 conv runs as a linear
     layer over the channels (at most :data:`LINEAR_MAX_PIXELS` pixels) and a depth-wise conv with
@@ -96,10 +101,9 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tenso
         and eager_cpu(x)
         and torch.is_grad_enabled()
         and x.is_contiguous(memory_format=torch.channels_last)
-        and conv.padding_mode == "zeros"
+        and _zero_padded(conv)
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
-        and not isinstance(conv.padding, str)
     )
     if not small:
         return conv(x)
@@ -116,8 +120,7 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tenso
 def conv_gelu(conv: nn.Conv2d, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
     """``GELU(conv(x))`` (exact, erf GELU); one oneDNN call with a GELU post-op when ``fuse`` and in CPU inference,
     else :func:`run_conv` then GELU."""
-    fusable = FUSED_CONV is not None and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-    if not (fuse and fusable and cpu_inference(x)):
+    if not (fuse and FUSED_CONV is not None and _zero_padded(conv) and cpu_inference(x)):
         return F.gelu(run_conv(conv, x, fuse))
     return FUSED_CONV(
         x,
@@ -152,16 +155,14 @@ def run_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chu
 def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
     """Turn every exact fast path in ``model`` on or off; return the number of modules switched.
 
-    A module with fast paths has a boolean ``fast`` attribute (and :class:`~fcvit.layers.DepthwiseConv2d`
-    also ``crop_kernel``). ``enabled=False`` gives the plain computation: full kernels, PyTorch's own
-    backward, NCHW, separate conv and GELU, whole batches, the global context as its equations read.
+    A module with fast paths has a boolean ``fast`` attribute. ``enabled=False`` gives the plain computation:
+    full kernels, PyTorch's own backward, NCHW, separate conv and GELU, whole batches, the global context as
+    its equations read.
     """
     switched = 0
     for m in model.modules():
         if hasattr(m, "fast"):
             m.fast = enabled
-            if hasattr(m, "crop_kernel"):
-                m.crop_kernel = enabled
             switched += 1
     return switched
 
@@ -169,12 +170,10 @@ def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
 @contextlib.contextmanager
 def plain_path(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` on its plain path inside the ``with`` block, then give every module its own setting back."""
-    saved = [(m, m.fast, getattr(m, "crop_kernel", None)) for m in model.modules() if hasattr(m, "fast")]
+    saved = [(m, m.fast) for m in model.modules() if hasattr(m, "fast")]
     set_fast_path(model, False)
     try:
         yield model
     finally:
-        for m, fast, crop in saved:
+        for m, fast in saved:
             m.fast = fast
-            if crop is not None:
-                m.crop_kernel = crop
