@@ -96,6 +96,8 @@ def test_sigkill_and_resume_equals_uninterrupted(fm_root, tmp_path):
             assert torch.allclose(v.float(), b[part][k].float(), rtol=0, atol=1e-6), (part, k)
     for k, v in a["optimizer"]["state"].items():
         assert torch.allclose(v["exp_avg"], b["optimizer"]["state"][k]["exp_avg"], rtol=0, atol=1e-6)
+    # PyTorch's fused AdamW, in the uninterrupted run and after the resume.
+    assert all(group["fused"] for ckpt in (a, b) for group in ckpt["optimizer"]["param_groups"])
     assert [r["val_top1"] for r in _rows(tmp_path / "straight")] == [r["val_top1"] for r in _rows(tmp_path / "killed")]
 
 

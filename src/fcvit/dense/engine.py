@@ -141,7 +141,7 @@ def train(
         raise ValueError(f"{len(train_set)} training samples make no batch of {per_process} per process")
     val_loader = eval_loader(task, val_set, info.rank, info.world_size)
     round_iters, num_rounds = task.rounds(len(train_loader))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = task.lr_scheduler(optimizer, round_iters)
 
     start_round, step, best, metrics = 0, 0, float("-inf"), {}

@@ -77,14 +77,16 @@ class DepthwiseConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # The batch becomes the depth axis of one depth-wise 3-D convolution, which sums over it:
             # input [1, C, B, Hp, Wp], kernels [C, 1, B, H, W] (grad_y), output [1, C, 1, kh, kw]. For
-            # channels_last maps the input is a view of x's memory and the kernels' layout is grad's own.
+            # channels_last maps the input is a view of x's memory. The kernels must be channel-major: grad
+            # goes there through NCHW (a transpose within each image, then whole H x W planes moved), 1.5-3x
+            # faster than transposing channels_last straight to channel-major on 16x16 and 8x8 maps.
             x = x.to(grad.dtype)
             if left == right and top == bottom:
                 padding = (0, top, left)
             else:
                 x, padding = F.pad(x, ctx.pad), (0, 0, 0)
             volume = x.transpose(0, 1).unsqueeze(0)
-            kernels = grad.transpose(0, 1).unsqueeze(1).contiguous(memory_format=torch.channels_last_3d)
+            kernels = grad.contiguous().transpose(0, 1).unsqueeze(1).contiguous(memory_format=torch.channels_last_3d)
             grad_w = F.conv3d(volume, kernels, padding=padding, groups=C).view(C, 1, kh, kw).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3)).to(weight.dtype)
