@@ -209,6 +209,7 @@ def _ops_of_training_step(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
     "conv,largest",
     [
         (torch.nn.Conv2d(8, 16, 1), LINEAR_MAX_PIXELS),
+        (torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), LINEAR_MAX_PIXELS),
         (torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), DEPTHWISE_MAX_PIXELS),
     ],
 )
@@ -223,6 +224,34 @@ def test_small_map_paths_apply_only_to_small_channels_last_maps_in_training(conv
     with torch.profiler.profile() as prof, torch.no_grad():
         y = run_conv(conv, small)
     assert "aten::linear" not in {e.name for e in prof.events()} and y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "conv,size",
+    [
+        (torch.nn.Conv2d(6, 10, 1), (3, 5)),
+        (torch.nn.Conv2d(6, 10, 3, stride=2, padding=1), (4, 4)),  # FCViT's downsampling
+        (torch.nn.Conv2d(6, 10, 3, stride=2, padding=1), (3, 5)),
+        (torch.nn.Conv2d(6, 10, 7, stride=4, padding=3), (4, 4)),  # the stem on a tiny image
+        (torch.nn.Conv2d(6, 10, (2, 3), stride=(1, 2), padding=(0, 1)), (4, 3)),
+    ],
+)
+def test_dense_conv_over_patches_equals_conv(conv, size):
+    """On small channels_last maps in training a dense conv is a linear layer over its patches: same values
+    and gradients as PyTorch's conv (float64, so the tolerance is tight), channels_last out."""
+    conv = conv.double()
+    x = torch.randn(3, 6, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert "aten::linear" in _ops_of_training_step(conv, x)
+    outs = []
+    for fn in (lambda t: run_conv(conv, t), conv):
+        conv.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = fn(xi)
+        (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y).sin()).sum().backward()
+        outs.append((y, xi.grad, conv.weight.grad, conv.bias.grad))
+    assert outs[0][0].is_contiguous(memory_format=torch.channels_last)
+    for got, expected in zip(*outs):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(

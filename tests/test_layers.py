@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fcvit.layers import DepthwiseConv2d, GlobalContext, create_token_mixer, list_token_mixers
+from fcvit.layers.global_context import DynamicContextFunction
 
 
 def reference_dynamic_context(gc: GlobalContext, x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +41,17 @@ def test_dynamic_global_context_matches_the_equation():
         gc.rescale_bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, 32, 5, 7, dtype=torch.float64)
     assert torch.allclose(gc.context(x), reference_dynamic_context(gc, x), atol=1e-12)
+
+
+@pytest.mark.parametrize("tokens,channels,groups", [(12, 8, 4), (1, 16, 8), (4, 6, 2)])
+def test_dynamic_context_function_gradcheck(tokens, channels, groups):
+    """The hand-written backward of the channels_last training path passes gradcheck in float64, down to one
+    token (a 1x1 map, where the standardisation runs over the groups alone)."""
+    torch.manual_seed(0)
+    shapes = [(3, tokens, channels), (3, channels), (3, channels), (groups,), (groups,)]
+    inputs = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in shapes]
+    fn = lambda t, g, v, w, b: DynamicContextFunction.apply(t, g, v, w, b, groups)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs)
 
 
 def test_static_global_context_is_constant_over_positions():

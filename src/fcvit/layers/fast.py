@@ -9,9 +9,9 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
   convolution (``torch.ops.mkldnn._convolution_pointwise``, the op inductor emits for the same pattern), so
   the pre-activation map is never written to memory and read back.
 * **Small maps in training** (CPU, channels_last; e.g. the 4x4 and 2x2 maps of stages 3-4 at 64 px):
-  oneDNN's convolution backward is slowest there, so a 1x1 conv runs as a linear layer over the channels
-  (views of the same memory) and, on the smallest maps, a depth-wise conv with
-  :class:`~fcvit.layers.depthwise.DepthwiseConvFunction`'s backward (:func:`run_conv`).
+  oneDNN's convolution backward is slowest there, so a dense conv runs as a linear layer over its input
+  patches (for a 1x1 conv the pixels themselves, views of the same memory) and, on the smallest maps, a
+  depth-wise conv with :class:`~fcvit.layers.depthwise.DepthwiseConvFunction`'s backward (:func:`run_conv`).
 * **Batch chunking** (CPU inference): a stage runs its blocks on a few images at a time, so that the widest
   map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays small: closer to the
   caches, and below glibc's 32 MiB mmap ceiling, above which every map is mapped fresh and page-faulted in
@@ -54,9 +54,10 @@ def _onednn_conv_pointwise() -> torch._ops.OpOverloadPacket | None:
         return None
 
 
-# Largest maps (pixels) that take run_conv's small-map training paths. Measured per layer, forward + backward,
-# at fcvit_tiny's 64 px shapes: a 1x1 conv as a linear layer is 1.1-1.5x faster on 4x4 maps and 1.6-1.8x on
-# 2x2, mixed on 8x8 and up to 2x slower on 16x16; a 3x3 depth-wise conv with DepthwiseConvFunction is 4x
+# Largest maps (input pixels) that take run_conv's small-map training paths. Measured per layer, forward +
+# backward, at fcvit_tiny's 64 px shapes: a 1x1 conv as a linear layer is 1.1-1.5x faster on 4x4 maps and
+# 1.6-1.8x on 2x2, mixed on 8x8 and up to 2x slower on 16x16; the stride-2 3x3 downsampling conv over its
+# patches 1.45x faster on a 4x4 map, 0.6-0.8x on 8x8; a 3x3 depth-wise conv with DepthwiseConvFunction is 4x
 # faster on 2x2 maps but 3x slower on 4x4 (docs/benchmarks.md).
 LINEAR_MAX_PIXELS = 16
 DEPTHWISE_MAX_PIXELS = 4
@@ -91,8 +92,8 @@ def _zero_padded(conv: nn.Conv2d) -> bool:
 
 
 def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """``conv(x)``; with ``fast``, in CPU training on a small channels_last map, a 1x1 conv runs as a linear
-    layer over the channels (at most :data:`LINEAR_MAX_PIXELS` pixels) and a depth-wise conv with
+    """``conv(x)``; with ``fast``, in CPU training on a small channels_last map, a dense conv runs as a linear
+    layer over its patches (at most :data:`LINEAR_MAX_PIXELS` pixels) and a depth-wise conv with
     :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` (at most :data:`DEPTHWISE_MAX_PIXELS`); both exact."""
     pixels = x.shape[-2] * x.shape[-1]
     small = (
@@ -102,19 +103,34 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tenso
         and torch.is_grad_enabled()
         and x.is_contiguous(memory_format=torch.channels_last)
         and _zero_padded(conv)
-        and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
     )
     if not small:
         return conv(x)
-    if conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0):
-        # [B, C, H, W] channels_last is [B, H, W, C] in memory: y = x W^T + b over the last axis.
-        return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
+    if conv.groups == 1:
+        return _linear_over_patches(conv, x)
     (kh, kw), (top, left) = conv.kernel_size, conv.padding
     same_size = 2 * top == kh - 1 and 2 * left == kw - 1  # the maps DepthwiseConvFunction is written for
-    if pixels <= DEPTHWISE_MAX_PIXELS and same_size and conv.groups == conv.in_channels == conv.out_channels:
+    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.stride == (1, 1)
+    if pixels <= DEPTHWISE_MAX_PIXELS and same_size and depthwise:
         return DepthwiseConvFunction.apply(x, conv.weight, conv.bias, (left, left, top, top))
     return conv(x)
+
+
+def _linear_over_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a channels_last ``x`` (stored as [B, H, W, C]) and a dense ``conv``: every output pixel
+    is ``W b + bias`` with ``b`` its (kh, kw, C) input patch, one ``F.linear`` for the whole map. A 1x1 conv's
+    patches are the pixels themselves, a view of ``x``; larger kernels gather theirs (one copy)."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    rows = x.permute(0, 2, 3, 1)
+    weight = conv.weight.permute(0, 2, 3, 1).flatten(1)  # [O, kh * kw * C], the patches' order
+    if (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
+        rows = F.pad(rows, (0, 0, pw, pw, ph, ph))
+        B, Hp, Wp, C = rows.shape
+        b, h, w, c = rows.stride()
+        windows = ((Hp - kh) // sh + 1, (Wp - kw) // sw + 1, kh, kw, C)
+        rows = rows.as_strided((B, *windows), (b, sh * h, sw * w, h, w, c)).flatten(3)
+    return F.linear(rows, weight, conv.bias).permute(0, 3, 1, 2)
 
 
 def conv_gelu(conv: nn.Conv2d, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:

@@ -28,22 +28,27 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
-from ..layers.fast import batch_chunk, cpu_inference, eager_cpu, run_chunked
+from ..layers.fast import batch_chunk, cpu_inference, eager_cpu, run_chunked, run_conv
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
 
 
 class OverlapPatchEmbed(nn.Module):
-    """Overlapping patch embedding: conv (stride < kernel) then BatchNorm (stem and downsampling)."""
+    """Overlapping patch embedding: conv (stride < kernel) then BatchNorm (stem and downsampling).
+
+    ``fast``: on small maps in CPU training the conv runs as a linear layer over its patches
+    (:func:`fcvit.layers.fast.run_conv`).
+    """
 
     def __init__(self, in_chans: int, dim: int, kernel_size: int, stride: int, padding: int):
         super().__init__()
         self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding)
         self.norm = nn.BatchNorm2d(dim)
+        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
+        return self.norm(run_conv(self.conv, x, self.fast))
 
 
 class FCViTBlock(nn.Module):
