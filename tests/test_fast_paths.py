@@ -163,11 +163,15 @@ def test_tiny_fixture_fast_equals_plain_and_official():
     assert_same_training(model.train(), io["x224"][:, :, :64, :64])
 
 
-def test_fast_path_compiles_without_graph_breaks():
-    """torch.compile takes the whole training forward (custom autograd Function included) as one graph."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_path_compiles_without_graph_breaks(channels_last):
+    """torch.compile takes the whole training forward (custom autograd Functions included: the depth-wise
+    conv's, and the global context's on channels_last tokens) as one graph."""
     torch._dynamo.reset()
     model = fcvit.FCViT(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), num_classes=5).train()
     x = torch.randn(2, 3, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1

@@ -20,7 +20,8 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
 
 Elsewhere: :class:`~fcvit.layers.DepthwiseConv2d` crops kernels on small maps and has a CPU backward made
 of forward convolutions; :class:`~fcvit.layers.GlobalContext` adds its dynamic context with two batched
-matrix products over the tokens in place (any device, training too).
+matrix products over the tokens in place (any device, training too), with a written-out backward for
+channels_last tokens (:class:`~fcvit.layers.global_context.DynamicContextFunction`).
 
 None of the CPU paths here applies while tracing (torch.compile, torch.export, ONNX export, FX,
 TorchScript): the traced graph is the plain one, so exported models run anywhere and the compiler does its

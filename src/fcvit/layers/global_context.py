@@ -108,7 +108,8 @@ class GlobalContext(nn.Module):
         dot products and outer products become products with block-diagonal [G, C] matrices (``g`` or
         ``v`` on the diagonal blocks), so that the backward is made of ``bmm`` too, instead of full-size
         temporaries and reductions. For channels_last tokens outside autocast the backward is written out
-        (:class:`DynamicContextFunction`): about 40 operators instead of autograd's 100 per call.
+        (:class:`DynamicContextFunction`): fewer passes over the tokens than autograd's, 1.2-1.3x faster
+        forward + backward per call at fcvit_tiny's 64 px shapes.
         """
         B, C, H, W = x.shape
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
