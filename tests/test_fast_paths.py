@@ -287,13 +287,13 @@ def test_fused_conv_gelu_equals_conv_then_gelu(groups, kernel, padding, channels
 
 
 def test_fused_conv_gelu_only_in_cpu_inference():
-    """With autograd on, under autocast or with ``fuse=False`` the plain conv + GELU runs (and is differentiable)."""
+    """With autograd on, under autocast or with ``fast=False`` the plain conv + GELU runs (and is differentiable)."""
     conv = torch.nn.Conv2d(8, 8, 1)
     x = torch.randn(2, 8, 5, 5)
     with torch.profiler.profile() as prof:
         y = conv_gelu(conv, x)
         with torch.no_grad():
-            conv_gelu(conv, x, fuse=False)
+            conv_gelu(conv, x, fast=False)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 conv_gelu(conv, x)
             conv_gelu(conv, x)

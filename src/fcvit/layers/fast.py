@@ -134,11 +134,11 @@ def _linear_over_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(rows, weight, conv.bias).permute(0, 3, 1, 2)
 
 
-def conv_gelu(conv: nn.Conv2d, x: torch.Tensor, fuse: bool = True) -> torch.Tensor:
-    """``GELU(conv(x))`` (exact, erf GELU); one oneDNN call with a GELU post-op when ``fuse`` and in CPU inference,
+def conv_gelu(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """``GELU(conv(x))`` (exact, erf GELU); one oneDNN call with a GELU post-op when ``fast`` and in CPU inference,
     else :func:`run_conv` then GELU."""
-    if not (fuse and FUSED_CONV is not None and _zero_padded(conv) and cpu_inference(x)):
-        return F.gelu(run_conv(conv, x, fuse))
+    if not (fast and FUSED_CONV is not None and _zero_padded(conv) and cpu_inference(x)):
+        return F.gelu(run_conv(conv, x, fast))
     return FUSED_CONV(
         x,
         conv.weight,
