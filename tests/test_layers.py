@@ -54,6 +54,25 @@ def test_dynamic_context_function_gradcheck(tokens, channels, groups):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+def test_dynamic_context_under_cpu_autocast_keeps_autograd_path():
+    """Under bf16 autocast the channels_last tokens take autograd's path (the written-out backward is fp32 only):
+    the sum keeps the tokens' dtype, values stay within bf16 rounding of fp32, and gradients flow."""
+    torch.manual_seed(0)
+    gc = GlobalContext(32, "dynamic", groups=8)
+    x = torch.randn(2, 32, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gc(x)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, gc(x), rtol=0, atol=0.05)
+    with torch.profiler.profile() as prof:
+        y.sum().backward()
+    assert "DynamicContextFunctionBackward" not in {e.name for e in prof.events()}
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.profiler.profile() as prof:
+        gc(x).sum().backward()  # fp32: the written-out backward
+    assert "DynamicContextFunctionBackward" in {e.name for e in prof.events()}
+
+
 def test_static_global_context_is_constant_over_positions():
     gc = GlobalContext(16, "static", groups=8, competitive=False)
     out = gc.context(torch.randn(2, 16, 6, 6))
