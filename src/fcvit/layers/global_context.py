@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 GLOBAL_CONTEXT_MODES = ("none", "static", "dynamic")
+EPS = 1e-5  # added to the std when the similarity is standardised
 
 
 class GlobalContext(nn.Module):
@@ -67,15 +68,13 @@ class GlobalContext(nn.Module):
         tokens = x.reshape(B, self.groups, d, H * W)
         # s[b, h, n] = d^-1/2 * sum_j x[b, h*d+j, n] * g[b, h*d+j]
         s = torch.einsum("bgdn,bgd->bgn", tokens, g.view(B, self.groups, d)) * d**-0.5
-        return self._standardise(s, group_dim=1)
+        return self._standardise(s)
 
-    def _standardise(self, s: torch.Tensor, group_dim: int) -> torch.Tensor:
-        """Standardise ``s`` per sample over groups and positions together (unbiased std, as torch.std), then
-        rescale per group (``w``, ``beta`` of Eq. 8); ``group_dim`` is where the groups are in ``s``."""
+    def _standardise(self, s: torch.Tensor) -> torch.Tensor:
+        """Standardise ``s`` [B, G, HW] per sample over groups and positions together (unbiased std, as
+        torch.std), then rescale per group (``w``, ``beta`` of Eq. 8)."""
         s = _standardise_rows(s.reshape(s.shape[0], -1))[0].view_as(s)
-        shape = [1, 1, 1]
-        shape[group_dim] = self.groups
-        return s * self.rescale_weight.view(shape) + self.rescale_bias.view(shape)
+        return s * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """``GC(x)`` of shape [B, C, H, W], computed as the equations read (the plain path)."""
@@ -117,15 +116,17 @@ class GlobalContext(nn.Module):
         tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C) if channels_last else x.reshape(B, C, H * W)
         g = tokens.mean(dim=1 if channels_last else 2)
         v = self.bottleneck(g)
-        if channels_last and not torch.is_autocast_enabled(x.device.type):
-            out = DynamicContextFunction.apply(tokens, g, v, self.rescale_weight, self.rescale_bias, self.groups)
+        params = (self.rescale_weight, self.rescale_bias, self.groups)
+        if channels_last:
+            if torch.is_autocast_enabled(x.device.type):  # autograd's backward keeps autocast's dtypes
+                _, v_blocks, _, _, scaled = _context_terms(tokens, g, v, *params)
+                out = _add_product(tokens, scaled, v_blocks)
+            else:
+                out = DynamicContextFunction.apply(tokens, g, v, *params)
             return out.view(B, H, W, C).permute(0, 3, 1, 2)
         g_blocks = _block_diagonal(g, self.groups, (C // self.groups) ** -0.5)
         v_blocks = _block_diagonal(v, self.groups)
-        if channels_last:
-            s = self._standardise(torch.bmm(tokens, g_blocks.transpose(1, 2)), group_dim=2)  # [B, HW, G]
-            return _add_product(tokens, s, v_blocks).view(B, H, W, C).permute(0, 3, 1, 2)
-        s = self._standardise(torch.bmm(g_blocks, tokens), group_dim=1)  # [B, G, HW]
+        s = self._standardise(torch.bmm(g_blocks, tokens))  # [B, G, HW]
         return _add_product(tokens, v_blocks.transpose(1, 2), s).view(B, C, H, W)
 
 
@@ -137,14 +138,14 @@ def _add_product(tokens: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
 
 
 def _standardise_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows - mean) / (std + 1e-5)`` per row, with the rows' unbiased std (as torch.std), and that std.
+    """``(rows - mean) / (std + EPS)`` per row, with the rows' unbiased std (as torch.std), and that std.
 
     Two passes (mean, then centred squares): several times faster than torch.std_mean's Welford reduction on
     these [B, G*HW] rows.
     """
     centred = rows - rows.mean(dim=1, keepdim=True)
     std = centred.square().sum(dim=1, keepdim=True).div(rows.shape[1] - 1).sqrt()
-    return centred / (std + 1e-5), std
+    return centred / (std + EPS), std
 
 
 def _block_diagonal(u: torch.Tensor, groups: int, scale: float = 1.0) -> torch.Tensor:
@@ -158,6 +159,19 @@ def _diagonal_blocks(m: torch.Tensor, groups: int) -> torch.Tensor:
     """[B, G, C] -> [B, C]: row h's own group of channels, for every h (the inverse of :func:`_block_diagonal`)."""
     B, _, C = m.shape
     return m.view(B, groups, groups, C // groups).diagonal(dim1=1, dim2=2).transpose(1, 2).reshape(B, C)
+
+
+def _context_terms(
+    tokens: torch.Tensor, g: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, ...]:
+    """The pieces of the dynamic context for tokens [B, N, C]: block-diagonal ``g / sqrt(d)`` and ``v`` [B, G, C],
+    the standardised similarity ``s`` [B, N, G] with its per-sample std [B, 1], and ``S = s * w + beta``."""
+    B, N, C = tokens.shape
+    g_blocks = _block_diagonal(g, groups, (C // groups) ** -0.5)
+    v_blocks = _block_diagonal(v, groups)
+    s, std = _standardise_rows(torch.bmm(tokens, g_blocks.transpose(1, 2)).view(B, N * groups))
+    s = s.view(B, N, groups)
+    return g_blocks, v_blocks, s, std, s * weight + bias
 
 
 class DynamicContextFunction(torch.autograd.Function):
@@ -177,12 +191,7 @@ class DynamicContextFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tokens, g, v, weight, bias, groups: int):
-        B, N, C = tokens.shape
-        g_blocks = _block_diagonal(g, groups, (C // groups) ** -0.5)
-        v_blocks = _block_diagonal(v, groups)
-        s, std = _standardise_rows(torch.bmm(tokens, g_blocks.transpose(1, 2)).view(B, N * groups))
-        s = s.view(B, N, groups)
-        scaled = s * weight + bias
+        g_blocks, v_blocks, s, std, scaled = _context_terms(tokens, g, v, weight, bias, groups)
         ctx.save_for_backward(tokens, g_blocks, v_blocks, s, scaled, std, weight)
         ctx.groups = groups
         return torch.baddbmm(tokens, scaled, v_blocks)
@@ -198,7 +207,7 @@ class DynamicContextFunction(torch.autograd.Function):
         grad_bias = grad_scaled.sum((0, 1))
         grad_s = (grad_scaled * weight).view(B, -1)
         s = s.view(B, -1)
-        grad_c = grad_s / (std + 1e-5) - s * (grad_s * s).sum(1, keepdim=True).div(std * (s.shape[1] - 1))
+        grad_c = grad_s / (std + EPS) - s * (grad_s * s).sum(1, keepdim=True).div(std * (s.shape[1] - 1))
         grad_r = (grad_c - grad_c.mean(1, keepdim=True)).view(B, N, groups)
         grad_tokens = torch.baddbmm(grad, grad_r, g_blocks)
         grad_g = _diagonal_blocks(torch.bmm(grad_r.transpose(1, 2), tokens), groups) * (C // groups) ** -0.5
