@@ -323,9 +323,13 @@ def test_torch_compile_matches_eager():
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
 
 
-def test_torch_export_matches_eager():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_export_matches_eager(channels_last):
+    """Also with a channels_last input, which takes the global context's autograd Function."""
     model = timm.create_model("fcvit_tiny").eval()
     x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
