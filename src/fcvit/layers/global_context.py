@@ -193,14 +193,13 @@ class DynamicContextFunction(torch.autograd.Function):
     def forward(ctx, tokens, g, v, weight, bias, groups: int):
         g_blocks, v_blocks, s, std, scaled = _context_terms(tokens, g, v, weight, bias, groups)
         ctx.save_for_backward(tokens, g_blocks, v_blocks, s, scaled, std, weight)
-        ctx.groups = groups
         return torch.baddbmm(tokens, scaled, v_blocks)
 
     @staticmethod
     def backward(ctx, grad):
         tokens, g_blocks, v_blocks, s, scaled, std, weight = ctx.saved_tensors
-        groups = ctx.groups
         B, N, C = tokens.shape
+        groups = g_blocks.shape[1]
         grad_scaled = torch.bmm(grad, v_blocks.transpose(1, 2))  # [B, N, G]
         grad_v = _diagonal_blocks(torch.bmm(scaled.transpose(1, 2), grad), groups)
         grad_weight = (grad_scaled * s).sum((0, 1))
