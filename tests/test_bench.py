@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 
 from fcvit.bench.memory import peak_rss_mb_in_subprocess
-from fcvit.bench.speed import BenchConfig, run_benchmark
+from fcvit.bench.speed import BenchConfig, create_model, run_benchmark
 from fcvit.bench.timing import interleaved_times, round_ratios, summarize
 from fcvit.cli import main
+from fcvit.layers import DepthwiseConv2d
 
 
 def test_interleaved_times_runs_workloads_in_rounds():
@@ -62,7 +64,21 @@ def test_bad_input_is_reported():
         run_benchmark(["no_such_net"], BenchConfig(memory=False))
     with pytest.raises(ValueError, match="no fast paths"):
         run_benchmark(["test_resnet:plain"], BenchConfig(img_size=32, batch_size=1, memory=False))
+    with pytest.raises(ValueError, match="unknown variant 'fast'"):
+        run_benchmark(["fcvit_tiny:fast"], BenchConfig(img_size=32, batch_size=1, memory=False))
+    with pytest.raises(ValueError, match="CUDA channels_last maps only"):
+        run_benchmark(["fcvit_tiny:triton"], BenchConfig(img_size=32, batch_size=1, memory=False))
     with pytest.raises(ValueError, match="dtype must be one of"):
         BenchConfig(dtype="fp8")
     with pytest.raises(ValueError, match="CUDA is not available|onnxruntime"):
         BenchConfig(device="cuda", onnx=True)
+
+
+def test_variants_switch_the_model():
+    """``NAME:plain`` turns every fast path off; ``NAME:triton`` puts every depth-wise conv on the Triton kernels."""
+    plain = create_model("fcvit_tiny:plain", 32)
+    assert not any(getattr(m, "fast", False) for m in plain.modules())
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed (PyTorch's CUDA wheels bring it)")
+    convs = [m for m in create_model("fcvit_tiny:triton", 32).modules() if isinstance(m, DepthwiseConv2d)]
+    assert len(convs) == 2 * 13 and all(m.triton and m.fast for m in convs)

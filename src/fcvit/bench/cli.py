@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("fcvit bench: --tune-malloc needs Linux with glibc (and FCVIT_TUNE_MALLOC not 0)")
     specs = list(args.models) + [p for p in PEERS if args.peers and p not in args.models]
     if args.plain:
-        specs += [s + PLAIN_SUFFIX for s in args.models if "fcvit" in s and not s.endswith(PLAIN_SUFFIX)]
+        specs += [s + PLAIN_SUFFIX for s in args.models if "fcvit" in s and ":" not in s]
     cfg = BenchConfig(
         img_size=args.img_size,
         batch_size=args.batch_size,
@@ -51,9 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="throughput, GMACs and peak memory of models, interleaved in rounds",
         description="Benchmark timm models (this project's and peers) side by side. Models run in interleaved "
         "rounds; throughput is reported as median [IQR] over rounds, and the ratio to a reference model as the "
-        "median of per-round ratios. Append ':plain' to an FCViT model to turn its fast paths off.",
+        "median of per-round ratios. Append ':plain' to an FCViT model to turn its fast paths off, ':triton' to run "
+        "its depth-wise convs on the Triton kernels (CUDA, channels_last).",
     )
-    p.add_argument("models", nargs="*", help="timm model names, e.g. fcvit_b12 poolformer_s12 (NAME:plain allowed)")
+    p.add_argument(
+        "models", nargs="*", help="timm model names, e.g. fcvit_b12 poolformer_s12 (NAME:plain, NAME:triton allowed)"
+    )
     p.add_argument("--peers", action="store_true", help="add the standard peers (PoolFormer, ConvNeXt, ResNet, ...)")
     p.add_argument("--plain", action="store_true", help="add a plain-path row (fast paths off) for each FCViT model")
     p.add_argument("--reference", help="model the ratios are taken against (default: first non-FCViT model)")

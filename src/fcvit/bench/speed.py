@@ -39,7 +39,8 @@ PEERS = (
 )
 MODES = ("infer", "train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PLAIN_SUFFIX = ":plain"
+PLAIN_SUFFIX = ":plain"  # FCViT with every fast path off
+TRITON_SUFFIX = ":triton"  # FCViT with its depth-wise convs on the Triton kernels (CUDA, channels_last)
 
 
 @dataclass
@@ -74,18 +75,25 @@ class BenchConfig:
 
 
 def create_model(spec: str, img_size: int) -> nn.Module:
-    """Build ``spec`` (a timm model name, or ``NAME:plain`` for an FCViT with its fast paths off) in eval mode."""
-    from ..layers.fast import set_fast_path
+    """Build ``spec`` in eval mode: a timm model name, ``NAME:plain`` for an FCViT with its fast paths off, or
+    ``NAME:triton`` for one whose depth-wise convs run the Triton kernels (:func:`fcvit.layers.fast.set_triton`)."""
+    from ..layers.fast import set_fast_path, set_triton
 
-    name = spec.removesuffix(PLAIN_SUFFIX)
+    name, _, variant = spec.partition(":")
+    switches = {  # variant: (switch, returning the number of modules switched; what it needs)
+        PLAIN_SUFFIX[1:]: (lambda m: set_fast_path(m, enabled=False), "fast paths to turn off"),
+        TRITON_SUFFIX[1:]: (set_triton, "depth-wise convs for the Triton kernels"),
+    }
+    if variant and variant not in switches:
+        raise ValueError(f"benchmark spec {spec!r}: unknown variant {variant!r} ({PLAIN_SUFFIX} or {TRITON_SUFFIX})")
     if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r} in benchmark spec {spec!r} (not registered with timm)")
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     # ViT-style models are built for one input size; convolutional ones take any.
     kwargs = {"img_size": img_size} if pretrained_cfg and pretrained_cfg.fixed_input_size else {}
     model = timm.create_model(name, **kwargs)
-    if spec.endswith(PLAIN_SUFFIX) and set_fast_path(model, enabled=False) == 0:
-        raise ValueError(f"{spec!r}: {name} has no fast paths to turn off (not an FCViT-frame model)")
+    if variant and switches[variant][0](model) == 0:
+        raise ValueError(f"{spec!r}: {name} has no {switches[variant][1]} (not an FCViT-frame model)")
     return model.eval()
 
 
@@ -199,6 +207,12 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
         raise ValueError("no models to benchmark")
     if len(set(specs)) != len(specs):
         raise ValueError(f"a model is listed twice: {specs}")
+    triton = [s for s in specs if s.endswith(TRITON_SUFFIX)]
+    if triton and not (cfg.device.startswith("cuda") and cfg.channels_last):
+        raise ValueError(
+            f"{triton}: the Triton depth-wise kernels run on CUDA channels_last maps only "
+            "(use --device cuda --channels-last)"
+        )
     reference = reference or next((s for s in specs if "fcvit" not in s), specs[0])
     if reference not in specs:
         raise ValueError(f"reference model {reference!r} is not among the benchmarked models {specs}")

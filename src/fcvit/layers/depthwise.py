@@ -14,6 +14,9 @@ the plain path:
   :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions (2-D for the
   input gradient, 3-D over the batch for the weight gradient), which run on oneDNN's depth-wise kernels:
   faster at every shape of FCViT's 11x11 mixers measured, in both memory formats (docs/benchmarks.md).
+
+On CUDA, with ``triton`` set (:func:`fcvit.layers.fast.set_triton`), channels_last maps take Triton kernels for
+the forward and both gradients (:mod:`fcvit.layers.triton_depthwise`); off by default until measured on a GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of F.pad
+
+
+def eager_on(x: torch.Tensor, device_type: str) -> bool:
+    """``x`` is a tensor on ``device_type`` seen by eager PyTorch, where the hand-made fast paths apply.
+
+    Not under torch.compile / torch.export (dynamo), TorchScript or jit tracing; under FX tracing ``x``
+    is a Proxy, not a tensor.
+    """
+    tracing = torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+    return not tracing and isinstance(x, torch.Tensor) and x.device.type == device_type
 
 
 def _taps(kernel: int, size: int) -> tuple[int, int, int, int]:
@@ -99,12 +112,14 @@ class DepthwiseConv2d(nn.Conv2d):
     Even kernels pad one more on the right/bottom than on the left/top (as ``padding='same'``).
     ``fast`` turns on the exact kernel cropping on small maps (every device) and
     :class:`DepthwiseConvFunction` for the backward pass where it is faster: on CPU, when gradients are
-    needed (inference and other devices keep PyTorch's own convolution).
+    needed (inference and other devices keep PyTorch's own convolution). ``triton`` (off by default) runs
+    channels_last CUDA maps through :class:`~fcvit.layers.triton_depthwise.TritonDepthwiseConvFunction`.
     """
 
     def __init__(self, dim: int, kernel_size: int, bias: bool = True, fast: bool = True):
         super().__init__(dim, dim, kernel_size, padding=0, groups=dim, bias=bias)
         self.fast = fast
+        self.triton = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
@@ -118,9 +133,24 @@ class DepthwiseConv2d(nn.Conv2d):
             bottom, right = kh - 1 - top, kw - 1 - left
             weight = self.weight
         pad = (left, right, top, bottom)
+        if self.fast and self.triton and eager_on(x, "cuda") and x.is_contiguous(memory_format=torch.channels_last):
+            return _triton_depthwise_conv(x, weight, self.bias, pad)
         if self.fast and self._fast_backward_helps(x):
             return DepthwiseConvFunction.apply(x, weight, self.bias, pad)
         return depthwise_conv(x, weight, self.bias, pad)
 
     def _fast_backward_helps(self, x: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.device.type == "cpu"
+
+
+def _triton_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: Padding
+) -> torch.Tensor:
+    """:class:`~fcvit.layers.triton_depthwise.TritonDepthwiseConvFunction` on operands cast as ``F.conv2d`` is
+    under autocast (to the autocast dtype), else in ``x``'s dtype."""
+    from .triton_depthwise import TritonDepthwiseConvFunction
+
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    bias = bias.to(dtype) if bias is not None else None
+    return TritonDepthwiseConvFunction.apply(x.to(dtype), weight.to(dtype), bias, pad)

@@ -18,10 +18,11 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
   at each operator (:mod:`fcvit.runtime`). Eval mode makes every image independent (BatchNorm uses its
   running statistics), so chunking cannot change the result.
 
-Elsewhere: :class:`~fcvit.layers.DepthwiseConv2d` crops kernels on small maps and has a CPU backward made
-of forward convolutions; :class:`~fcvit.layers.GlobalContext` adds its dynamic context with two batched
-matrix products over the tokens in place (any device, training too), with a written-out backward for
-channels_last tokens (:class:`~fcvit.layers.global_context.DynamicContextFunction`).
+Elsewhere: :class:`~fcvit.layers.DepthwiseConv2d` crops kernels on small maps, has a CPU backward made
+of forward convolutions and, when asked (:func:`set_triton`), Triton kernels for channels_last CUDA maps;
+:class:`~fcvit.layers.GlobalContext` adds its dynamic context with two batched matrix products over the
+tokens in place (any device, training too), with a written-out backward for channels_last tokens
+(:class:`~fcvit.layers.global_context.DynamicContextFunction`).
 
 None of the CPU paths here applies while tracing (torch.compile, torch.export, ONNX export, FX,
 TorchScript): the traced graph is the plain one, so exported models run anywhere and the compiler does its
@@ -34,13 +35,14 @@ with them off a model is the plain reference the tests and ``fcvit bench NAME:pl
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import DepthwiseConvFunction
+from .depthwise import DepthwiseConv2d, DepthwiseConvFunction, eager_on
 
 # Bytes of the widest map one chunk of images may make. Chosen by a sweep (docs/benchmarks.md) on a 2-core
 # Xeon: fcvit_b12 at 224 px, batch 16, runs stage 1 two images at a time (6.1 MiB hidden map per image),
@@ -67,20 +69,10 @@ DEPTHWISE_MAX_PIXELS = 4
 FUSED_CONV = _onednn_conv_pointwise() if torch.backends.mkldnn.is_available() else None
 
 
-def eager_cpu(x: torch.Tensor) -> bool:
-    """``x`` is a CPU tensor seen by eager PyTorch, where the CPU fast paths apply.
-
-    Not under torch.compile / torch.export (dynamo), TorchScript or jit tracing; under FX tracing ``x``
-    is a Proxy, not a tensor.
-    """
-    tracing = torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
-    return not tracing and isinstance(x, torch.Tensor) and x.device.type == "cpu"
-
-
 def cpu_inference(x: torch.Tensor) -> bool:
     """Eager CPU fp32 without autograd or autocast: where the inference-only fast paths apply."""
     return (
-        eager_cpu(x)
+        eager_on(x, "cpu")
         and not torch.is_grad_enabled()
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
@@ -100,7 +92,7 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tenso
     small = (
         fast
         and pixels <= LINEAR_MAX_PIXELS
-        and eager_cpu(x)
+        and eager_on(x, "cpu")
         and torch.is_grad_enabled()
         and x.is_contiguous(memory_format=torch.channels_last)
         and _zero_padded(conv)
@@ -182,6 +174,18 @@ def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
             m.fast = enabled
             switched += 1
     return switched
+
+
+def set_triton(model: nn.Module, enabled: bool = True) -> int:
+    """Run every :class:`~fcvit.layers.DepthwiseConv2d` of ``model`` through the Triton kernels of
+    :mod:`fcvit.layers.triton_depthwise` on channels_last CUDA maps (``enabled=False``: cuDNN again); return the
+    number of layers switched. Off by default: not yet measured against cuDNN (docs/benchmarks.md)."""
+    if enabled and importlib.util.find_spec("triton") is None:
+        raise RuntimeError("set_triton: Triton is not installed (PyTorch's CUDA wheels bring it)")
+    layers = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    for m in layers:
+        m.triton = enabled
+    return len(layers)
 
 
 @contextlib.contextmanager

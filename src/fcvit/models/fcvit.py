@@ -28,7 +28,8 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
-from ..layers.fast import batch_chunk, cpu_inference, eager_cpu, run_chunked, run_conv
+from ..layers.depthwise import eager_on
+from ..layers.fast import batch_chunk, cpu_inference, run_chunked, run_conv
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
@@ -196,7 +197,7 @@ class _FCViTBase(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Check the input and run the stem; on CPU (``fast``) the maps go channels_last from here on."""
         self.check_input(x)
-        if self.fast and eager_cpu(x):
+        if self.fast and eager_on(x, "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.stem(x)
 
