@@ -7,6 +7,7 @@ interpreted tests run in a child pytest process started by :func:`test_interpret
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -156,15 +157,17 @@ def test_cuda_model_with_triton_equals_cudnn(dtype):
     for triton_on in (True, False):
         set_triton(model, triton_on)
         model.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
+        autocast = torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast, torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             out = model(x).float()
         out.square().mean().backward()
         results.append((out.detach(), {n: p.grad.float() for n, p in model.named_parameters()}))
     (out_t, grads_t), (out_c, grads_c) = results
     torch.testing.assert_close(out_t, out_c, rtol=tol, atol=tol * out_c.abs().max().item())
+    largest = max(g.abs().max().item() for g in grads_c.values())  # floor for gradients that are rounding noise
     for name, g in grads_c.items():
-        torch.testing.assert_close(grads_t[name], g, rtol=tol, atol=tol * g.abs().max().item() + 1e-6, msg=name)
+        scale = max(g.abs().max().item(), 1e-2 * largest)
+        torch.testing.assert_close(grads_t[name], g, rtol=tol, atol=tol * scale, msg=name)
 
 
 @needs_cuda
