@@ -147,10 +147,12 @@ def _triton_depthwise_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: Padding
 ) -> torch.Tensor:
     """:class:`~fcvit.layers.triton_depthwise.TritonDepthwiseConvFunction` on operands cast as ``F.conv2d`` is
-    under autocast (to the autocast dtype), else in ``x``'s dtype."""
+    under autocast (to the autocast dtype), else in ``x``'s dtype, launched on ``x``'s GPU (Triton launches on the
+    current one; autograd runs the backward on the gradient's)."""
     from .triton_depthwise import TritonDepthwiseConvFunction
 
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     bias = bias.to(dtype) if bias is not None else None
-    return TritonDepthwiseConvFunction.apply(x.to(dtype), weight.to(dtype), bias, pad)
+    with torch.cuda.device_of(x):  # a no-op for a CPU tensor (the interpreter tests)
+        return TritonDepthwiseConvFunction.apply(x.to(dtype), weight.to(dtype), bias, pad)
