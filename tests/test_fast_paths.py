@@ -13,9 +13,8 @@ import fcvit
 from fcvit.bench.profile import count_gmacs
 from fcvit.layers import fast as fast_module
 from fcvit.layers.channel_mixer import ChannelMixer
-from fcvit.layers.depthwise import DepthwiseConv2d, DepthwiseConvFunction
+from fcvit.layers.depthwise import DEPTHWISE_MAX_PIXELS, DepthwiseConv2d, DepthwiseConvFunction
 from fcvit.layers.fast import (
-    DEPTHWISE_MAX_PIXELS,
     FUSED_CONV,
     LINEAR_MAX_PIXELS,
     batch_chunk,
@@ -209,25 +208,44 @@ def _ops_of_training_step(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
     return {e.name for e in prof.events()}
 
 
-@pytest.mark.parametrize(
-    "conv,largest",
-    [
-        (torch.nn.Conv2d(8, 16, 1), LINEAR_MAX_PIXELS),
-        (torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), LINEAR_MAX_PIXELS),
-        (torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), DEPTHWISE_MAX_PIXELS),
-    ],
-)
-def test_small_map_paths_apply_only_to_small_channels_last_maps_in_training(conv, largest):
-    """The small-map paths run for channels_last maps of at most ``largest`` pixels with autograd on, nowhere else."""
-    small = torch.randn(2, 8, 2, largest // 2).contiguous(memory_format=torch.channels_last)
-    larger = torch.randn(2, 8, 3, largest // 2).contiguous(memory_format=torch.channels_last)
-    marker = "aten::linear" if conv.groups == 1 else "DepthwiseConvFunctionBackward"
-    assert marker in _ops_of_training_step(conv, small)
-    assert marker not in _ops_of_training_step(conv, larger)
-    assert marker not in _ops_of_training_step(conv, small.contiguous())  # NCHW
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(8, 16, 1), torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)])
+def test_linear_paths_apply_only_to_small_channels_last_maps_in_training(conv):
+    """Dense convs run as linear layers on channels_last maps of at most LINEAR_MAX_PIXELS with autograd on only."""
+    small = torch.randn(2, 8, 2, LINEAR_MAX_PIXELS // 2).contiguous(memory_format=torch.channels_last)
+    larger = torch.randn(2, 8, 3, LINEAR_MAX_PIXELS // 2).contiguous(memory_format=torch.channels_last)
+    assert "aten::linear" in _ops_of_training_step(conv, small)
+    assert "aten::linear" not in _ops_of_training_step(conv, larger)
+    assert "aten::linear" not in _ops_of_training_step(conv, small.contiguous())  # NCHW
     with torch.profiler.profile() as prof, torch.no_grad():
         y = run_conv(conv, small)
     assert "aten::linear" not in {e.name for e in prof.events()} and y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "kernel,size,custom",
+    [
+        (3, (2, DEPTHWISE_MAX_PIXELS // 2), True),  # 3x3 on a tiny map: DepthwiseConvFunction
+        (3, (3, DEPTHWISE_MAX_PIXELS // 2), False),  # 3x3 on larger maps: oneDNN's 3x3 backward
+        (3, (16, 16), False),
+        (5, (16, 16), True),  # larger kernels: DepthwiseConvFunction on any map
+        (11, (8, 8), True),
+        (11, (2, 2), True),  # cropped to 3x3 on a 2x2 map
+    ],
+)
+def test_depthwise_backward_follows_one_rule(kernel, size, custom):
+    """The channel mixer's depth-wise nn.Conv2d (through run_conv) and FCViT's DepthwiseConv2d take
+    DepthwiseConvFunction's backward by the same rule (fast_backward_helps), in training only."""
+    x = torch.randn(2, 8, *size).contiguous(memory_format=torch.channels_last)
+    convs = [torch.nn.Conv2d(8, 8, kernel, padding=kernel // 2, groups=8), DepthwiseConv2d(8, kernel)]
+    for conv in convs:
+        call = (lambda t, c=conv: run_conv(c, t)) if type(conv) is torch.nn.Conv2d else conv
+        xi = x.detach().requires_grad_(True)
+        with torch.profiler.profile() as prof:
+            call(xi).sum().backward()
+        assert ("DepthwiseConvFunctionBackward" in {e.name for e in prof.events()}) == custom, type(conv).__name__
+        with torch.profiler.profile() as prof, torch.no_grad():
+            call(x)
+        assert "DepthwiseConvFunction" not in {e.name for e in prof.events()}
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ the plain path:
   56x56 maps, hundreds of times the forward pass), a dense jit kernel for channels_last ones.
   :class:`DepthwiseConvFunction` computes both gradients with forward depth-wise convolutions (2-D for the
   input gradient, 3-D over the batch for the weight gradient), which run on oneDNN's depth-wise kernels:
-  faster at every shape of FCViT's 11x11 mixers measured, in both memory formats (docs/benchmarks.md).
+  faster at every shape of FCViT's 11x11 mixers measured, in both memory formats, and for every kernel larger
+  than 3x3; oneDNN's own 3x3 depth-wise backward is faster except on the tiniest maps (:func:`fast_backward_helps`).
 
 On CUDA, with ``triton`` set (:func:`fcvit.layers.fast.set_triton`), channels_last maps take Triton kernels for
 the forward and both gradients (:mod:`fcvit.layers.triton_depthwise`); off by default until measured on a GPU.
@@ -27,6 +28,13 @@ from torch import nn
 
 Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of F.pad
 
+# Where DepthwiseConvFunction's backward beats PyTorch's on CPU (forward + backward, 128 images, channels_last,
+# 2026-11-21; docs/benchmarks.md): oneDNN has a fast 3x3 depth-wise backward, 2-3x faster than
+# DepthwiseConvFunction on 4x4 to 16x16 maps but 4x slower on 2x2; for 5x5 and larger kernels it falls back to
+# a generic one, and DepthwiseConvFunction is 1.3-3.3x faster on every map measured (16x16 down to 4x4).
+SMALL_KERNEL_TAPS = 9  # 3x3: oneDNN's own backward, except on tiny maps
+DEPTHWISE_MAX_PIXELS = 4
+
 
 def eager_on(x: torch.Tensor, device_type: str) -> bool:
     """``x`` is a tensor on ``device_type`` seen by eager PyTorch, where the hand-made fast paths apply.
@@ -36,6 +44,19 @@ def eager_on(x: torch.Tensor, device_type: str) -> bool:
     """
     tracing = torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
     return not tracing and isinstance(x, torch.Tensor) and x.device.type == device_type
+
+
+def fast_backward_helps(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """:class:`DepthwiseConvFunction`'s backward is the faster one for a depth-wise conv of ``x`` with ``weight``
+    [C, 1, kh, kw]: on CPU with gradients needed, for kernels larger than 3x3 on any map and for any kernel on
+    maps of at most :data:`DEPTHWISE_MAX_PIXELS` pixels."""
+    kh, kw = weight.shape[-2:]
+    return (
+        torch.is_grad_enabled()
+        and (x.requires_grad or weight.requires_grad)
+        and x.device.type == "cpu"
+        and (kh * kw > SMALL_KERNEL_TAPS or x.shape[-2] * x.shape[-1] <= DEPTHWISE_MAX_PIXELS)
+    )
 
 
 def _taps(kernel: int, size: int) -> tuple[int, int, int, int]:
@@ -111,9 +132,9 @@ class DepthwiseConv2d(nn.Conv2d):
 
     Even kernels pad one more on the right/bottom than on the left/top (as ``padding='same'``).
     ``fast`` turns on the exact kernel cropping on small maps (every device) and
-    :class:`DepthwiseConvFunction` for the backward pass where it is faster: on CPU, when gradients are
-    needed (inference and other devices keep PyTorch's own convolution). ``triton`` (off by default) runs
-    channels_last CUDA maps through :class:`~fcvit.layers.triton_depthwise.TritonDepthwiseConvFunction`.
+    :class:`DepthwiseConvFunction` for the backward pass where it is faster (:func:`fast_backward_helps`: CPU
+    training, kernels larger than 3x3 or tiny maps; elsewhere PyTorch's own convolution). ``triton`` (off by
+    default) runs channels_last CUDA maps through :class:`~fcvit.layers.triton_depthwise.TritonDepthwiseConvFunction`.
     """
 
     def __init__(self, dim: int, kernel_size: int, bias: bool = True, fast: bool = True):
@@ -135,12 +156,9 @@ class DepthwiseConv2d(nn.Conv2d):
         pad = (left, right, top, bottom)
         if self.fast and self.triton and eager_on(x, "cuda") and x.is_contiguous(memory_format=torch.channels_last):
             return _triton_depthwise_conv(x, weight, self.bias, pad)
-        if self.fast and self._fast_backward_helps(x):
+        if self.fast and fast_backward_helps(x, weight):
             return DepthwiseConvFunction.apply(x, weight, self.bias, pad)
         return depthwise_conv(x, weight, self.bias, pad)
-
-    def _fast_backward_helps(self, x: torch.Tensor) -> bool:
-        return torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.device.type == "cpu"
 
 
 def _triton_depthwise_conv(

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import DepthwiseConv2d, DepthwiseConvFunction, eager_on
+from .depthwise import DepthwiseConv2d, DepthwiseConvFunction, eager_on, fast_backward_helps
 
 # Bytes of the widest map one chunk of images may make. Chosen by a sweep (docs/benchmarks.md) on a 2-core
 # Xeon: fcvit_b12 at 224 px, batch 16, runs stage 1 two images at a time (6.1 MiB hidden map per image),
@@ -57,13 +57,11 @@ def _onednn_conv_pointwise() -> torch._ops.OpOverloadPacket | None:
         return None
 
 
-# Largest maps (input pixels) that take run_conv's small-map training paths. Measured per layer, forward +
-# backward, at fcvit_tiny's 64 px shapes: a 1x1 conv as a linear layer is 1.1-1.5x faster on 4x4 maps and
+# Largest maps (input pixels) on which run_conv runs a dense conv as a linear layer in training. Measured per
+# layer, forward + backward, at fcvit_tiny's 64 px shapes: a 1x1 conv is 1.1-1.5x faster on 4x4 maps and
 # 1.6-1.8x on 2x2, mixed on 8x8 and up to 2x slower on 16x16; the stride-2 3x3 downsampling conv over its
-# patches 1.45x faster on a 4x4 map, 0.6-0.8x on 8x8; a 3x3 depth-wise conv with DepthwiseConvFunction is 4x
-# faster on 2x2 maps but 3x slower on 4x4 (docs/benchmarks.md).
+# patches 1.45x faster on a 4x4 map, 0.6-0.8x on 8x8 (docs/benchmarks.md).
 LINEAR_MAX_PIXELS = 16
-DEPTHWISE_MAX_PIXELS = 4
 
 # oneDNN convolution with an element-wise post-op (None where PyTorch was built without oneDNN).
 FUSED_CONV = _onednn_conv_pointwise() if torch.backends.mkldnn.is_available() else None
@@ -85,27 +83,19 @@ def _zero_padded(conv: nn.Conv2d) -> bool:
 
 
 def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """``conv(x)``; with ``fast``, in CPU training on a small channels_last map, a dense conv runs as a linear
-    layer over its patches (at most :data:`LINEAR_MAX_PIXELS` pixels) and a depth-wise conv with
-    :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` (at most :data:`DEPTHWISE_MAX_PIXELS`); both exact."""
-    pixels = x.shape[-2] * x.shape[-1]
-    small = (
-        fast
-        and pixels <= LINEAR_MAX_PIXELS
-        and eager_on(x, "cpu")
-        and torch.is_grad_enabled()
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and _zero_padded(conv)
-        and conv.dilation == (1, 1)
-    )
-    if not small:
+    """``conv(x)``; with ``fast``, in CPU training, a dense conv on a small channels_last map (at most
+    :data:`LINEAR_MAX_PIXELS` pixels) runs as a linear layer over its patches, and a 'same'-size depth-wise conv
+    takes :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` where its backward is the faster one
+    (:func:`~fcvit.layers.depthwise.fast_backward_helps`); both exact."""
+    if not (fast and eager_on(x, "cpu") and torch.is_grad_enabled() and _zero_padded(conv) and conv.dilation == (1, 1)):
         return conv(x)
     if conv.groups == 1:
-        return _linear_over_patches(conv, x)
+        small = x.shape[-2] * x.shape[-1] <= LINEAR_MAX_PIXELS and x.is_contiguous(memory_format=torch.channels_last)
+        return _linear_over_patches(conv, x) if small else conv(x)
     (kh, kw), (top, left) = conv.kernel_size, conv.padding
     same_size = 2 * top == kh - 1 and 2 * left == kw - 1  # the maps DepthwiseConvFunction is written for
     depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.stride == (1, 1)
-    if pixels <= DEPTHWISE_MAX_PIXELS and same_size and depthwise:
+    if same_size and depthwise and fast_backward_helps(x, conv.weight):
         return DepthwiseConvFunction.apply(x, conv.weight, conv.bias, (left, left, top, top))
     return conv(x)
 
