@@ -116,7 +116,7 @@ def test_gpu_matches_cpu(official):
 
 def test_bad_inputs_are_named():
     m = ACmix(8, 8, head=2)
-    with pytest.raises(ValueError, match=r"ACmix expects \[B, 8, H, W\]"):
+    with pytest.raises(ValueError, match=r"ACmix expects an input of shape \[B, 8, H, W\]"):
         m(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="reflection padding of 3"):
         m(torch.randn(1, 8, 3, 8))

@@ -175,5 +175,5 @@ def test_bad_arguments_are_named():
         DepthwiseAttention2d(16, num_heads=3)
     with pytest.raises(ValueError, match="pos_embed must be one of"):
         Attention2d(16, pos_embed="sincos")
-    with pytest.raises(ValueError, match=r"expects \[B, 16, H, W\]"):
+    with pytest.raises(ValueError, match=r"expects an input of shape \[B, 16, H, W\]"):
         Attention2d(16)(torch.randn(1, 8, 4, 4))

@@ -114,6 +114,30 @@ def test_features_only_out_indices():
     assert [f.shape[1] for f in model(torch.randn(1, 3, 64, 64))] == [64, 320]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fx_feature_extraction_matches_eager(channels_last):
+    """timm's FX feature extraction traces FCViT (the fast-path layers and the input checks are leaves of the
+    graph) and its nodes give the eager model's stage maps and logits."""
+    from timm.layers import create_feature_extractor
+
+    model = fcvit.FCViT(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 48)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    extractor = create_feature_extractor(model, {"stages.1": "stage1", "stages.3": "stage3", "head": "logits"})
+    stages = {}
+    hooks = [model.stages[i].register_forward_hook(lambda m, a, y, i=i: stages.setdefault(i, y)) for i in (1, 3)]
+    with torch.no_grad():
+        got, logits = extractor(x), model(x)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(got["logits"], logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["stage1"], stages[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["stage3"], stages[3], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="expects an input of shape"):
+        extractor(torch.randn(2, 1, 64, 48))
+
+
 def test_forward_intermediates_matches_forward_features():
     model = fcvit.FCViT(**SMALL).eval()
     x = torch.randn(1, 3, 64, 48)

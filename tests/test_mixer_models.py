@@ -63,6 +63,21 @@ def test_features_only(name):
         assert [tuple(m.shape) for m in maps] == [(1, 384, size // 16, size // 16)]
 
 
+@pytest.mark.parametrize("name", [f"test_{m}" for m in ("acmix", "attn_softmax", "dwattn")])
+def test_fx_feature_extraction_matches_eager(name):
+    """timm's FX feature extraction traces every mixer family (the mixers are leaves of the graph)."""
+    from timm.layers import create_feature_extractor
+
+    model = timm.create_model(name).eval()
+    size = _input_size(name)
+    x = torch.randn(1, 3, size, size)
+    extractor = create_feature_extractor(model, {"stages.2": "stage2", "head": "logits"})
+    with torch.no_grad():
+        got, stage2 = extractor(x), model.stages[:3](model.stem(x))
+        torch.testing.assert_close(got["logits"], model(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["stage2"], stage2, rtol=0, atol=1e-5)
+
+
 def test_deit_s_size_depthwise_attention_is_cheaper_than_softmax():
     """Paper Table 3: depth-wise self-attention has fewer parameters and FLOPs than softmax attention."""
     dw, softmax = timm.create_model("iso_dwattn_384_12"), timm.create_model("iso_attn_softmax_384_12")

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from .attention import window_dot, window_sum
+from .checks import check_input
 from .registry import register_token_mixer
 
 
@@ -35,6 +37,7 @@ def coordinate_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor
     return torch.stack([loc_w.expand(height, width), loc_h.expand(height, width)]).unsqueeze(0)
 
 
+@register_notrace_module  # checks map sizes: a leaf for FX tracing
 class ACmix(nn.Module):
     """ACmix module (official signature): 1x1 q/k/v projections shared by window attention and a shift conv.
 
@@ -135,8 +138,7 @@ class ACmix(nn.Module):
         return self.dep_conv(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_planes:
-            raise ValueError(f"ACmix expects [B, {self.in_planes}, H, W], got a tensor of shape {list(x.shape)}")
+        x = check_input(x, self.in_planes, "ACmix")
         if min(x.shape[-2:]) <= self.padding_att:
             raise ValueError(
                 f"ACmix: reflection padding of {self.padding_att} needs maps larger than "

@@ -32,9 +32,10 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 from torch import nn
 
+from .checks import check_input
 from .registry import register_token_mixer
 
 ATTENTION_ACTIVATIONS = ("softmax", "none", "scaling", "scaling_relu", "ln", "ln_relu")
@@ -150,9 +151,7 @@ class _KernelSelection(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] map (plus absolute position) -> [B, N, C] tokens."""
-        if x.ndim != 4 or x.shape[1] != self.proj.in_features:
-            dim = self.proj.in_features
-            raise ValueError(f"{type(self).__name__} expects [B, {dim}, H, W], got a tensor of shape {list(x.shape)}")
+        x = check_input(x, self.proj.in_features, type(self).__name__)
         if self.abs_pos is not None:
             x = self.abs_pos(x)
         return x.flatten(2).transpose(1, 2)
@@ -195,6 +194,7 @@ class _KernelSelection(nn.Module):
         return out.transpose(1, 2).reshape(B, -1, H, W)
 
 
+@register_notrace_module  # shapes drive its windows and heads: a leaf for FX tracing
 class Attention2d(_KernelSelection):
     """Multi-head self-attention on a map, with softmax or one of its replacements (paper Table 2).
 
@@ -239,6 +239,7 @@ class Attention2d(_KernelSelection):
         return self.output(out, H, W)
 
 
+@register_notrace_module  # shapes drive its windows and heads: a leaf for FX tracing
 class DepthwiseAttention2d(_KernelSelection):
     """Depth-wise self-attention (paper section 4.3, Eq. 5): ``o_i = q_i * mean_{j in S} k_j + sum_{j in S} p_ij k_j``.
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of F.pad
@@ -127,6 +128,7 @@ class DepthwiseConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+@register_notrace_module  # its fast paths look at sizes and memory formats: a leaf for FX tracing
 class DepthwiseConv2d(nn.Conv2d):
     """Depth-wise ``k x k`` convolution, stride 1, output size equal to input size.
 

@@ -9,12 +9,14 @@ per token by how similar the token is to ``g`` (token-global similarity), per ch
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 
 GLOBAL_CONTEXT_MODES = ("none", "static", "dynamic")
 EPS = 1e-5  # added to the std when the similarity is standardised
 
 
+@register_notrace_module  # its fast paths look at sizes and memory formats: a leaf for FX tracing
 class GlobalContext(nn.Module):
     """Query-irrelevant global context, static or dynamic (multi-group token-global similarity).
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, GroupNorm1, LayerScale2d, trunc_normal_
+from timm.layers import DropPath, GroupNorm1, LayerScale2d, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
+from ..layers.checks import check_input
 from ..layers.depthwise import eager_on
 from ..layers.fast import batch_chunk, cpu_inference, run_chunked, run_conv
 from ._registry import register_model, register_paper_figures
@@ -149,6 +150,13 @@ def _mixer_kwargs(
     return {**kwargs, **(extra or {})}
 
 
+# It reads the input's memory format, which FX tracing cannot: timm's FX feature extraction records a call.
+@register_notrace_function
+def like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` in the memory format of the caller's input ``x`` (NCHW unless ``x`` came channels_last)."""
+    return y.contiguous() if x.is_contiguous() else y
+
+
 class _FCViTBase(nn.Module):
     """What the hierarchical and isotropic models share: input check, init, head, checkpoint hooks."""
 
@@ -186,25 +194,12 @@ class _FCViTBase(nn.Module):
             if m is not self and hasattr(m, "init_weights"):
                 m.init_weights()
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is an image batch [B, in_chans, H, W]."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"{type(self).__name__} expects an input of shape [B, {self.in_chans}, H, W], "
-                f"got a tensor of shape {list(x.shape)}"
-            )
-
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Check the input and run the stem; on CPU (``fast``) the maps go channels_last from here on."""
-        self.check_input(x)
+        x = check_input(x, self.in_chans, type(self).__name__)
         if self.fast and eager_on(x, "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.stem(x)
-
-    @staticmethod
-    def like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``y`` in the memory format of the caller's input ``x`` (NCHW unless ``x`` came channels_last)."""
-        return y.contiguous() if x.is_contiguous() else y
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -340,7 +335,7 @@ class FCViT(_FCViTBase):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages, final GroupNorm(1): the last feature map [B, C4, H/32, W/32]."""
-        return self.like_input(self.norm(self.stages(self.embed(x))), x)
+        return like_input(self.norm(self.stages(self.embed(x))), x)
 
     def forward_intermediates(
         self,
@@ -369,10 +364,10 @@ class FCViT(_FCViTBase):
                     out = self.feature_norms[i](y)
                 else:
                     out = self.norm(y) if norm and i == last else y
-                intermediates.append(self.like_input(out, x))
+                intermediates.append(like_input(out, x))
         if intermediates_only:
             return intermediates
-        return self.like_input(self.norm(y), x), intermediates
+        return like_input(self.norm(y), x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -449,7 +444,7 @@ class IsoFCViT(_FCViTBase):
             y = checkpoint_seq(self.blocks, y)
         else:
             y = run_blocks(self.blocks, y, self.fast)
-        return self.like_input(self.norm(y), x)
+        return like_input(self.norm(y), x)
 
     def forward_intermediates(
         self,
@@ -470,10 +465,10 @@ class IsoFCViT(_FCViTBase):
         for i, block in enumerate(blocks):
             y = block(y)
             if i in take_indices:
-                intermediates.append(self.like_input(self.norm(y) if norm else y, x))
+                intermediates.append(like_input(self.norm(y) if norm else y, x))
         if intermediates_only:
             return intermediates
-        return self.like_input(self.norm(y), x), intermediates
+        return like_input(self.norm(y), x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
