@@ -30,7 +30,7 @@ from torch import nn
 Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of F.pad
 
 # Where DepthwiseConvFunction's backward beats PyTorch's on CPU (forward + backward, 128 images, channels_last,
-# 2026-11-21; docs/benchmarks.md): oneDNN has a fast 3x3 depth-wise backward, 2-3x faster than
+# 2026-11-21; docs/benchmarks.md): oneDNN has a fast 3x3 depth-wise backward, 1.9-3.3x faster than
 # DepthwiseConvFunction on 4x4 to 16x16 maps but 4x slower on 2x2; for 5x5 and larger kernels it falls back to
 # a generic one, and DepthwiseConvFunction is 1.1-3.2x faster on every map measured (16x16 down to 4x4).
 SMALL_KERNEL_TAPS = 9  # 3x3: oneDNN's own backward, except on tiny maps
