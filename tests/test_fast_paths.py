@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from fast_path_utils import TOL, assert_grads_close, assert_same_training, outputs_and_grads
 from official_fixtures import TINY_CKPT, TINY_IO, micro_model, needs_shared
 
 import fcvit
@@ -22,39 +23,6 @@ from fcvit.layers.fast import (
     run_conv,
     set_fast_path,
 )
-
-TOL = 1e-4
-
-
-def outputs_and_grads(model: torch.nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """Logits, parameter gradients and input gradient of a train-mode forward/backward (no dropout in the model)."""
-    set_fast_path(model, fast)
-    model.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
-    out = model(x)
-    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach(), grads, x.grad.detach().clone()
-
-
-def assert_grads_close(got: dict, expected: dict) -> None:
-    """Every parameter gradient agrees relative to its own scale, floored at 1e-2 of the largest gradient:
-    biases of convs followed by train-mode BatchNorm have a true gradient of 0 and hold only rounding noise."""
-    assert got.keys() == expected.keys()
-    largest = max(g.abs().max().item() for g in expected.values())
-    for name in expected:
-        scale = max(expected[name].abs().max().item(), 1e-2 * largest)
-        torch.testing.assert_close(got[name], expected[name], rtol=TOL, atol=TOL * scale, msg=name)
-
-
-def assert_same_training(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Fast and plain paths agree on outputs, input gradients and every parameter gradient."""
-    out_f, grads_f, gx_f = outputs_and_grads(model, x, fast=True)
-    out_p, grads_p, gx_p = outputs_and_grads(model, x, fast=False)
-    torch.testing.assert_close(out_f, out_p, rtol=0, atol=TOL)
-    torch.testing.assert_close(gx_f, gx_p, rtol=TOL, atol=TOL * gx_p.abs().max().item())
-    assert_grads_close(grads_f, grads_p)
-
 
 # --- the layer --------------------------------------------------------------------------------------
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from fast_path_utils import TOL, assert_grads_close, assert_same_training
 from official_fixtures import micro_model
 
 from fcvit.layers import depthwise
-from fcvit.layers.fast import set_fast_path, set_triton
+from fcvit.layers.fast import set_triton
 
 pytest.importorskip("triton", reason="Triton is not installed (PyTorch's CUDA wheels bring it)")
 
-TOL = 1e-4
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,6 +57,12 @@ def _conv_and_grads(function, x, weight, bias, pad, grad):
     return (y, *torch.autograd.grad(y, (x, weight, bias), grad))
 
 
+def _assert_all_close(got: tuple, expected: tuple) -> None:
+    """Output and the three gradients agree within TOL of each one's largest value."""
+    for name, g, e in zip(("output", "grad_x", "grad_w", "grad_b"), got, expected):
+        torch.testing.assert_close(g, e, rtol=TOL, atol=TOL * e.abs().max().item(), msg=name)
+
+
 @pytest.mark.parametrize(
     "shape,kernel,pad",
     [
@@ -74,8 +80,7 @@ def test_interpreted_kernels_equal_conv2d(interpreted, shape, kernel, pad):
     got = _conv_and_grads(interpreted.TritonDepthwiseConvFunction.apply, x, weight, bias, pad, grad)
     expected = _conv_and_grads(depthwise.depthwise_conv, x, weight, bias, pad, grad)
     assert got[0].is_contiguous(memory_format=torch.channels_last)
-    for name, g, e in zip(("output", "grad_x", "grad_w", "grad_b"), got, expected):
-        torch.testing.assert_close(g, e, rtol=TOL, atol=TOL * e.abs().max().item(), msg=name)
+    _assert_all_close(got, expected)
 
 
 def test_interpreted_model_equals_plain(interpreted):
@@ -84,21 +89,7 @@ def test_interpreted_model_equals_plain(interpreted):
     model, io = micro_model()
     model.train()
     assert set_triton(model) == sum(isinstance(m, depthwise.DepthwiseConv2d) for m in model.modules())
-    x = io["x48x80"][:1].contiguous(memory_format=torch.channels_last)
-    results = []
-    for fast in (True, False):
-        set_fast_path(model, fast)
-        model.zero_grad(set_to_none=True)
-        xi = x.clone().requires_grad_()
-        out = model(xi)
-        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-        results.append((out.detach(), xi.grad, {n: p.grad for n, p in model.named_parameters()}))
-    (out_t, gx_t, grads_t), (out_p, gx_p, grads_p) = results
-    torch.testing.assert_close(out_t, out_p, rtol=0, atol=TOL)
-    torch.testing.assert_close(gx_t, gx_p, rtol=TOL, atol=TOL * gx_p.abs().max().item())
-    largest = max(g.abs().max().item() for g in grads_p.values())
-    for name, g in grads_p.items():
-        torch.testing.assert_close(grads_t[name], g, rtol=TOL, atol=TOL * max(g.abs().max().item(), 1e-2 * largest))
+    assert_same_training(model, io["x48x80"][:1].contiguous(memory_format=torch.channels_last))
 
 
 def test_triton_switch_leaves_cpu_and_nchw_alone():
@@ -164,10 +155,7 @@ def test_cuda_model_with_triton_equals_cudnn(dtype):
         results.append((out.detach(), {n: p.grad.float() for n, p in model.named_parameters()}))
     (out_t, grads_t), (out_c, grads_c) = results
     torch.testing.assert_close(out_t, out_c, rtol=tol, atol=tol * out_c.abs().max().item())
-    largest = max(g.abs().max().item() for g in grads_c.values())  # floor for gradients that are rounding noise
-    for name, g in grads_c.items():
-        scale = max(g.abs().max().item(), 1e-2 * largest)
-        torch.testing.assert_close(grads_t[name], g, rtol=tol, atol=tol * scale, msg=name)
+    assert_grads_close(grads_t, grads_c, tol)
 
 
 @needs_cuda
@@ -182,5 +170,4 @@ def test_cuda_kernels_equal_conv2d_at_fcvit_shapes():
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # the reference in true fp32
         expected = _conv_and_grads(depthwise.depthwise_conv, x, weight, bias, (5, 5, 5, 5), grad)
     got = _conv_and_grads(TritonDepthwiseConvFunction.apply, x, weight, bias, (5, 5, 5, 5), grad)
-    for name, g, e in zip(("output", "grad_x", "grad_w", "grad_b"), got, expected):
-        torch.testing.assert_close(g, e, rtol=TOL, atol=TOL * e.abs().max().item(), msg=name)
+    _assert_all_close(got, expected)

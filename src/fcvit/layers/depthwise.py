@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import nn
 
+from .checks import eager_on
+
 Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of F.pad
 
 # Where DepthwiseConvFunction's backward beats PyTorch's on CPU (forward + backward, 128 images, channels_last,
@@ -35,16 +37,6 @@ Padding = tuple[int, int, int, int]  # (left, right, top, bottom), the order of 
 # a generic one, and DepthwiseConvFunction is 1.1-3.2x faster on every map measured (16x16 down to 4x4).
 SMALL_KERNEL_TAPS = 9  # 3x3: oneDNN's own backward, except on tiny maps
 DEPTHWISE_MAX_PIXELS = 4
-
-
-def eager_on(x: torch.Tensor, device_type: str) -> bool:
-    """``x`` is a tensor on ``device_type`` seen by eager PyTorch, where the hand-made fast paths apply.
-
-    Not under torch.compile / torch.export (dynamo), TorchScript or jit tracing; under FX tracing ``x``
-    is a Proxy, not a tensor.
-    """
-    tracing = torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
-    return not tracing and isinstance(x, torch.Tensor) and x.device.type == device_type
 
 
 def fast_backward_helps(x: torch.Tensor, weight: torch.Tensor) -> bool:

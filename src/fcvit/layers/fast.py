@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import DepthwiseConv2d, DepthwiseConvFunction, eager_on, fast_backward_helps
+from .checks import eager_on
+from .depthwise import DepthwiseConv2d, DepthwiseConvFunction, fast_backward_helps
 
 # Bytes of the widest map one chunk of images may make. Chosen by a sweep (docs/benchmarks.md) on a 2-core
 # Xeon: fcvit_b12 at 224 px, batch 16, runs stage 1 two images at a time (6.1 MiB hidden map per image),

@@ -28,8 +28,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
-from ..layers.checks import check_input
-from ..layers.depthwise import eager_on
+from ..layers.checks import check_input, eager_on
 from ..layers.fast import batch_chunk, cpu_inference, run_chunked, run_conv
 from ._registry import register_model, register_paper_figures
 
