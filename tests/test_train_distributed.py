@@ -72,3 +72,21 @@ def test_failing_rank_stops_all_ranks(fm_root, tmp_path):
     assert result.returncode != 0
     assert "fcvit train [rank 1]: error: injected failure on rank 1" in result.stderr
     assert not (tmp_path / "fail" / "summary.json").exists()
+
+
+def test_cleanup_waits_for_every_rank_before_leaving_the_group(monkeypatch):
+    """The barrier that keeps PyTorch 2.11's gloo teardown from deadlocking (``cleanup_distributed``'s doc) comes
+    before the group is destroyed; without a group, cleanup calls neither."""
+    from torch import distributed as dist
+
+    from fcvit.train import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    distributed.cleanup_distributed()
+    assert calls == []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    distributed.cleanup_distributed()
+    assert calls == ["barrier", "destroy"]

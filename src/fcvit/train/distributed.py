@@ -87,8 +87,15 @@ def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> Di
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group (call on the success path; after an error just exit non-zero)."""
+    """Leave the process group (call on the success path; after an error just exit non-zero).
+
+    Every rank first waits for the others at a barrier, with the GIL released, so that gloo's worker threads are
+    done releasing the tensors of the last collectives before the group goes. PyTorch 2.11's gloo group, freed with
+    the DDP reducer, joins those threads while holding the GIL: a worker still releasing a tensor then waits for
+    the GIL forever (seen on a rank with nothing to write between its last collective and the end of the run).
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
