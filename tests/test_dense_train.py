@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from PIL import Image
+from train_utils import TORCHRUN, run_cli
 
 from fcvit.cli import main
 from fcvit.data import fashion_mnist_paths
@@ -130,11 +129,9 @@ def test_train_bad_input_is_one_line_and_exit_1(data, tmp_path, capsys):
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo tested on Linux")
 def test_seg_train_under_torchrun_two_processes(data, tmp_path):
     """Two CPU processes (gloo): one batch split over ranks, evaluation gathered; rank 0 writes the run."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "fcvit.cli", "seg", "train", "--data-dir", str(data / "ade"), "--output", str(tmp_path)]
-    cmd += ["--experiment", "ddp", "--iters", "2", "--eval-interval", "2", "--device", "cpu"] + TINY + SEG
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    args = ["seg", "train", "--data-dir", str(data / "ade"), "--output", str(tmp_path), "--experiment", "ddp"]
+    args += ["--iters", "2", "--eval-interval", "2", "--device", "cpu"] + TINY + SEG
+    proc = run_cli(args, cwd=tmp_path, prefix=[*TORCHRUN, "-m", "fcvit.cli"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2

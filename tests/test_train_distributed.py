@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from train_utils import TINY, make_fashion_root, run_cli
+from train_utils import TINY, TORCHRUN, make_fashion_root, run_cli
 
 from fcvit.cli import main
 from fcvit.train.checkpoint import load_checkpoint
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # BatchNorm-free (LayerNorm) model: without SyncBatchNorm (CUDA only) each rank normalises its half batch,
 # so a BatchNorm model legitimately drifts from the 1-process run; LayerNorm isolates the DDP machinery.
 CONVNEXT = ["--model", "convnext_atto", "--model-kwargs", json.dumps({"depths": [1] * 4, "dims": [8, 16, 24, 32]})]

@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ TINY_KWARGS = {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}
 TINY = ["--model", "fcvit_tiny", "--model-kwargs", json.dumps(TINY_KWARGS)]
 
 REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -83,7 +85,19 @@ def one_thread():
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300, prefix: list[str] | None = None):
-    """Run ``python -m fcvit.cli ARGS`` (or ``prefix + ARGS``) on one thread and return the CompletedProcess."""
+    """Run ``python -m fcvit.cli ARGS`` (or ``prefix + ARGS``) on one thread and return the CompletedProcess.
+
+    The command gets a session of its own, so that a timeout kills every process it started (torchrun's workers
+    too, which outlive a killed launcher), then raises ``subprocess.TimeoutExpired``.
+    """
     cmd = (prefix or [sys.executable, "-m", "fcvit.cli"]) + args
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with subprocess.Popen(cmd, cwd=cwd, env=full_env, start_new_session=True, **pipes) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
