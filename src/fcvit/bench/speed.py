@@ -22,6 +22,7 @@ import timm
 import torch
 from torch import nn
 
+from ..layers.fast import set_fast_path, set_triton
 from ..runtime import allocator
 from .profile import count_gmacs, count_params
 from .timing import interleaved_times, round_ratios, summarize
@@ -41,6 +42,11 @@ MODES = ("infer", "train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PLAIN_SUFFIX = ":plain"  # FCViT with every fast path off
 TRITON_SUFFIX = ":triton"  # FCViT with its depth-wise convs on the Triton kernels (CUDA, channels_last)
+# NAME + suffix: (switch applied to the built model, returning how many modules it switched; what it needs)
+VARIANTS = {
+    PLAIN_SUFFIX: (lambda m: set_fast_path(m, enabled=False), "fast paths to turn off"),
+    TRITON_SUFFIX: (set_triton, "depth-wise convs for the Triton kernels"),
+}
 
 
 @dataclass
@@ -77,23 +83,20 @@ class BenchConfig:
 def create_model(spec: str, img_size: int) -> nn.Module:
     """Build ``spec`` in eval mode: a timm model name, ``NAME:plain`` for an FCViT with its fast paths off, or
     ``NAME:triton`` for one whose depth-wise convs run the Triton kernels (:func:`fcvit.layers.fast.set_triton`)."""
-    from ..layers.fast import set_fast_path, set_triton
-
-    name, _, variant = spec.partition(":")
-    switches = {  # variant: (switch, returning the number of modules switched; what it needs)
-        PLAIN_SUFFIX[1:]: (lambda m: set_fast_path(m, enabled=False), "fast paths to turn off"),
-        TRITON_SUFFIX[1:]: (set_triton, "depth-wise convs for the Triton kernels"),
-    }
-    if variant and variant not in switches:
-        raise ValueError(f"benchmark spec {spec!r}: unknown variant {variant!r} ({PLAIN_SUFFIX} or {TRITON_SUFFIX})")
+    name, colon, variant = spec.partition(":")
+    suffix = colon + variant
+    if suffix and suffix not in VARIANTS:
+        raise ValueError(f"benchmark spec {spec!r}: unknown variant {variant!r} ({' or '.join(VARIANTS)})")
     if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r} in benchmark spec {spec!r} (not registered with timm)")
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     # ViT-style models are built for one input size; convolutional ones take any.
     kwargs = {"img_size": img_size} if pretrained_cfg and pretrained_cfg.fixed_input_size else {}
     model = timm.create_model(name, **kwargs)
-    if variant and switches[variant][0](model) == 0:
-        raise ValueError(f"{spec!r}: {name} has no {switches[variant][1]} (not an FCViT-frame model)")
+    if suffix:
+        switch, needs = VARIANTS[suffix]
+        if switch(model) == 0:
+            raise ValueError(f"{spec!r}: {name} has no {needs} (not an FCViT-frame model)")
     return model.eval()
 
 

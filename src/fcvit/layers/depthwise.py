@@ -42,7 +42,11 @@ DEPTHWISE_MAX_PIXELS = 4
 def fast_backward_helps(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """:class:`DepthwiseConvFunction`'s backward is the faster one for a depth-wise conv of ``x`` with ``weight``
     [C, 1, kh, kw]: on CPU with gradients needed, for kernels larger than 3x3 on any map and for any kernel on
-    maps of at most :data:`DEPTHWISE_MAX_PIXELS` pixels."""
+    maps of at most :data:`DEPTHWISE_MAX_PIXELS` pixels.
+
+    It asks for a CPU tensor, not for eager mode: under torch.compile the maps stay NCHW, where oneDNN's
+    depth-wise weight gradient is the im2col one (docs/benchmarks.md), so the compiled graph keeps this backward too.
+    """
     kh, kw = weight.shape[-2:]
     return (
         torch.is_grad_enabled()
