@@ -169,6 +169,28 @@ def test_channel_mixer_small_map_training_equals_plain(size):
     assert_same_training(ChannelMixer(16, mlp_ratio=4), x)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_mixer_chunked_training_equals_plain(channels_last, monkeypatch):
+    """Where the hidden map would pass TRAIN_CHUNK_BYTES, CPU training runs the mixer on chunks of images (here
+    2, 2, 1): same outputs and gradients as the plain path, output in the input's memory format; not in inference."""
+    torch.manual_seed(0)
+    mixer = ChannelMixer(16, mlp_ratio=4)  # hidden map of one 6x6 image: 64 x 36 x 4 bytes
+    x = torch.randn(5, 16, 6, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(fast_module, "TRAIN_CHUNK_BYTES", 2 * 64 * 36 * 4)
+    calls = []
+    mixer.fc1.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
+    assert_same_training(mixer, x)
+    assert calls == [2, 2, 1, 5]  # fast path in chunks, then the plain path whole
+    set_fast_path(mixer, True)
+    y = mixer(x.requires_grad_(True))
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.no_grad():
+        mixer(x)
+    assert calls[4:] == [2, 2, 1, 5]
+
+
 def _ops_of_training_step(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
     x = x.detach().requires_grad_(True)
     with torch.profiler.profile() as prof:

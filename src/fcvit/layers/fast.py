@@ -12,11 +12,12 @@ fp32), and applies only where it was measured to help (docs/benchmarks.md):
   oneDNN's convolution backward is slowest there, so a dense conv runs as a linear layer over its input
   patches (for a 1x1 conv the pixels themselves, views of the same memory) and, on the smallest maps, a
   depth-wise conv with :class:`~fcvit.layers.depthwise.DepthwiseConvFunction`'s backward (:func:`run_conv`).
-* **Batch chunking** (CPU inference): a stage runs its blocks on a few images at a time, so that the widest
+* **Batch chunking** (CPU): in inference a stage runs its blocks on a few images at a time, so that the widest
   map a block makes (the channel mixer's hidden map, 8x the width in stages 1-2) stays small: closer to the
   caches, and below glibc's 32 MiB mmap ceiling, above which every map is mapped fresh and page-faulted in
   at each operator (:mod:`fcvit.runtime`). Eval mode makes every image independent (BatchNorm uses its
-  running statistics), so chunking cannot change the result.
+  running statistics), so chunking cannot change the result. In training only the channel mixer is chunked,
+  and only where its hidden map would reach the ceiling (it holds no BatchNorm: exact in either mode).
 
 Elsewhere: :class:`~fcvit.layers.DepthwiseConv2d` crops kernels on small maps, has a CPU backward made
 of forward convolutions and, when asked (:func:`set_triton`), Triton kernels for channels_last CUDA maps;
@@ -67,6 +68,11 @@ LINEAR_MAX_PIXELS = 16
 # oneDNN convolution with an element-wise post-op (None where PyTorch was built without oneDNN).
 FUSED_CONV = _onednn_conv_pointwise() if torch.backends.mkldnn.is_available() else None
 
+# Bytes a map made in CPU training may take: just below glibc's mmap ceiling (32 MiB), so that it comes from the
+# heap instead of a fresh mapping. fcvit_tiny's stage-1 hidden maps at 64 px, batch 128, are exactly 32 MiB: in
+# two halves, 1.03-1.04x train step with glibc's default settings, 1.00x with fcvit.runtime's (docs/benchmarks.md).
+TRAIN_CHUNK_BYTES = 32 * 2**20 - 1
+
 
 def cpu_inference(x: torch.Tensor) -> bool:
     """Eager CPU fp32 without autograd or autocast: where the inference-only fast paths apply."""
@@ -76,6 +82,11 @@ def cpu_inference(x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+def cpu_training(x: torch.Tensor) -> bool:
+    """Eager CPU with autograd recording: where the training-only fast paths apply."""
+    return eager_on(x, "cpu") and torch.is_grad_enabled()
 
 
 def _zero_padded(conv: nn.Conv2d) -> bool:
@@ -88,7 +99,7 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor, fast: bool = True) -> torch.Tenso
     :data:`LINEAR_MAX_PIXELS` pixels) runs as a linear layer over its patches, and a 'same'-size depth-wise conv
     takes :class:`~fcvit.layers.depthwise.DepthwiseConvFunction` where its backward is the faster one
     (:func:`~fcvit.layers.depthwise.fast_backward_helps`); both exact."""
-    if not (fast and eager_on(x, "cpu") and torch.is_grad_enabled() and _zero_padded(conv) and conv.dilation == (1, 1)):
+    if not (fast and cpu_training(x) and _zero_padded(conv) and conv.dilation == (1, 1)):
         return conv(x)
     if conv.groups == 1:
         small = x.shape[-2] * x.shape[-1] <= LINEAR_MAX_PIXELS and x.is_contiguous(memory_format=torch.channels_last)
@@ -150,6 +161,16 @@ def run_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chu
     if chunk >= x.shape[0]:
         return fn(x)
     return torch.cat([fn(part) for part in x.split(chunk)])
+
+
+def run_chunked_in_training(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, widest_channels: int
+) -> torch.Tensor:
+    """``fn(x)``; in CPU training a few images at a time where a ``widest_channels``-channel map of ``x``'s size would
+    reach :data:`TRAIN_CHUNK_BYTES` (``fn`` must treat images independently)."""
+    if not cpu_training(x):
+        return fn(x)
+    return run_chunked(fn, x, batch_chunk(x, widest_channels, TRAIN_CHUNK_BYTES))
 
 
 def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
