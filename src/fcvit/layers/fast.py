@@ -156,8 +156,12 @@ def batch_chunk(x: torch.Tensor, widest_channels: int, budget: int | None = None
     return -(-x.shape[0] // chunks)
 
 
-def run_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``fn(x)`` computed ``chunk`` images at a time (``fn`` must treat images independently)."""
+def run_chunked(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, widest_channels: int, budget: int | None = None
+) -> torch.Tensor:
+    """``fn(x)`` computed a few images at a time, so that a ``widest_channels``-channel map of ``x``'s size fits in
+    ``budget`` bytes (:func:`batch_chunk`; ``fn`` must treat images independently)."""
+    chunk = batch_chunk(x, widest_channels, budget)
     if chunk >= x.shape[0]:
         return fn(x)
     return torch.cat([fn(part) for part in x.split(chunk)])
@@ -170,7 +174,7 @@ def run_chunked_in_training(
     reach :data:`TRAIN_CHUNK_BYTES` (``fn`` must treat images independently)."""
     if not cpu_training(x):
         return fn(x)
-    return run_chunked(fn, x, batch_chunk(x, widest_channels, TRAIN_CHUNK_BYTES))
+    return run_chunked(fn, x, widest_channels, TRAIN_CHUNK_BYTES)
 
 
 def set_fast_path(model: nn.Module, enabled: bool = True) -> int:

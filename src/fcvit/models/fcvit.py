@@ -29,7 +29,7 @@ from torch import nn
 
 from ..layers import ChannelMixer, create_token_mixer
 from ..layers.checks import check_input, eager_on
-from ..layers.fast import batch_chunk, cpu_inference, run_chunked, run_conv
+from ..layers.fast import cpu_inference, run_chunked, run_conv
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
@@ -92,10 +92,10 @@ class FCViTBlock(nn.Module):
 
 def run_blocks(blocks: nn.Sequential, x: torch.Tensor, fast: bool) -> torch.Tensor:
     """``blocks(x)``; in CPU inference (``fast``) a few images at a time, so that the blocks' widest map (the
-    channel mixers' hidden map) stays within ``CHUNK_BYTES`` (:func:`fcvit.layers.fast.batch_chunk`)."""
+    channel mixers' hidden map) stays within ``CHUNK_BYTES`` (:func:`fcvit.layers.fast.run_chunked`)."""
     if fast and not blocks.training and cpu_inference(x):
         widest = max([x.shape[1], *(b.channel_mixer.fc1.out_channels for b in blocks)])
-        return run_chunked(blocks, x, batch_chunk(x, widest))
+        return run_chunked(blocks, x, widest)
     return blocks(x)
 
 
