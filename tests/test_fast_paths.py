@@ -11,7 +11,6 @@ from fast_path_utils import TOL, assert_grads_close, assert_same_training, outpu
 from official_fixtures import TINY_CKPT, TINY_IO, micro_model, needs_shared
 
 import fcvit
-from fcvit.bench.profile import count_gmacs
 from fcvit.layers import fast as fast_module
 from fcvit.layers.channel_mixer import ChannelMixer
 from fcvit.layers.depthwise import DEPTHWISE_MAX_PIXELS, DepthwiseConv2d, DepthwiseConvFunction
@@ -23,6 +22,7 @@ from fcvit.layers.fast import (
     run_conv,
     set_fast_path,
 )
+from fcvit.models.complexity import count_gmacs
 
 # --- the layer --------------------------------------------------------------------------------------
 

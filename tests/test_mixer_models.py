@@ -8,9 +8,9 @@ import torch
 from mixers_utils import check_gradients
 
 import fcvit
-from fcvit.bench.profile import count_gmacs, count_params
 from fcvit.layers import ACmix, Attention2d, DepthwiseAttention2d, FCViTMixer
 from fcvit.layers.attention import AbsolutePositionEmbedding
+from fcvit.models.complexity import count_gmacs, count_params
 from fcvit.models.mixers import MIXERS, VARIANTS
 
 # One intra-op thread: on a shared, loaded 2-core machine OpenMP's spin-waiting made the train steps here

@@ -1,5 +1,1 @@
-"""Measuring models: parameter and MAC counts, speed benchmarks."""
-
-from .profile import count_gmacs, count_params
-
-__all__ = ["count_gmacs", "count_params"]
+"""Measuring models: speed and memory benchmarks."""

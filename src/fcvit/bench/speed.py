@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..layers.fast import set_fast_path, set_triton
+from ..models.complexity import count_gmacs, count_params
 from ..runtime import allocator
-from .profile import count_gmacs, count_params
 from .timing import interleaved_times, round_ratios, summarize
 
 PEERS = (

@@ -8,8 +8,8 @@ import json
 
 import timm
 
-from ..bench.profile import count_gmacs, count_params
 from ._registry import list_models, paper_figures
+from .complexity import count_gmacs, count_params
 
 
 def model_table(pattern: str = "*", img_size: int = 224) -> list[dict]:

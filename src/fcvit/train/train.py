@@ -32,7 +32,7 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..bench.profile import count_params
+from ..models.complexity import count_params
 from .build import create_loaders, is_fashion_mnist, open_dataset, resolve_data_config
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config

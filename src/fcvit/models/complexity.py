@@ -6,8 +6,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers.fast import plain_path
-
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not; buffers excluded)."""
@@ -19,13 +17,14 @@ def count_gmacs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
     """GMACs of one eval-mode forward pass of a single image, counted by ``torch.utils.flop_counter``.
 
     The counter reports FLOPs as 2 x MACs for convolutions, linear layers and matrix products (the
-    operations fvcore counts too); element-wise work is not counted, as in the papers' tables. FCViT's fast
-    paths are off while counting, so the count is that of the computation as defined (full kernels).
+    operations fvcore counts too); element-wise work is not counted, as in the papers' tables. Count a plain
+    model (as ``timm.create_model`` returns it): one made faster by :func:`fcvit.optimize` crops kernels on
+    small maps and counts fewer.
     """
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter, plain_path(model):
+    with counter:
         model(torch.zeros(1, *input_size))
     model.train(was_training)
     return counter.get_total_flops() / 2e9
