@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from dataclasses import asdict
 
 import pytest
 
+from fcvit.accel import is_optimized
 from fcvit.bench.memory import peak_rss_mb_in_subprocess
-from fcvit.bench.speed import BenchConfig, create_model, run_benchmark
+from fcvit.bench.speed import BenchConfig, backend_of, build_workload, create_model, run_benchmark
 from fcvit.bench.timing import interleaved_times, round_ratios, summarize
 from fcvit.cli import main
-from fcvit.layers import DepthwiseConv2d
 
 
 def test_interleaved_times_runs_workloads_in_rounds():
@@ -49,7 +49,7 @@ def test_bench_two_models_writes_table_and_json(tmp_path, capsys):
 
 def test_peak_rss_is_measured_in_a_fresh_process():
     cfg = BenchConfig(img_size=32, batch_size=2, modes=("train",), warmup=0, threads=1)
-    small = peak_rss_mb_in_subprocess("test_convnext", "train", cfg)
+    small = peak_rss_mb_in_subprocess("test_convnext", "train", asdict(cfg))
     assert 0 < small < 1000
 
 
@@ -62,7 +62,7 @@ def test_bench_onnxruntime_column():
 def test_bad_input_is_reported():
     with pytest.raises(ValueError, match="unknown model 'no_such_net'"):
         run_benchmark(["no_such_net"], BenchConfig(memory=False))
-    with pytest.raises(ValueError, match="no fast paths"):
+    with pytest.raises(ValueError, match="fcvit.optimize changes nothing in test_resnet"):
         run_benchmark(["test_resnet:plain"], BenchConfig(img_size=32, batch_size=1, memory=False))
     with pytest.raises(ValueError, match="unknown variant 'fast'"):
         run_benchmark(["fcvit_tiny:fast"], BenchConfig(img_size=32, batch_size=1, memory=False))
@@ -74,11 +74,16 @@ def test_bad_input_is_reported():
         BenchConfig(device="cuda", onnx=True)
 
 
-def test_variants_switch_the_model():
-    """``NAME:plain`` turns every fast path off; ``NAME:triton`` puts every depth-wise conv on the Triton kernels."""
-    plain = create_model("fcvit_tiny:plain", 32)
-    assert not any(getattr(m, "fast", False) for m in plain.modules())
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("Triton is not installed (PyTorch's CUDA wheels bring it)")
-    convs = [m for m in create_model("fcvit_tiny:triton", 32).modules() if isinstance(m, DepthwiseConv2d)]
-    assert len(convs) == 2 * 13 and all(m.triton and m.fast for m in convs)
+def test_variants_choose_the_backend():
+    """A plain name runs optimised (``--no-optimize``: plain), ``NAME:plain`` plain, ``NAME:triton`` with the Triton
+    depth-wise convs; the built model is plain in every case (the workload applies the backend)."""
+    cfg = BenchConfig(img_size=32, batch_size=1, memory=False)
+    assert not is_optimized(create_model("fcvit_tiny", 32))
+    assert [backend_of(s, cfg) for s in ("fcvit_tiny", "fcvit_tiny:plain", "fcvit_tiny:triton")] == [
+        "auto",
+        None,
+        "triton",
+    ]
+    assert backend_of("fcvit_tiny", BenchConfig(optimize=False)) is None
+    work = build_workload("fcvit_tiny", BenchConfig(img_size=32, batch_size=1, modes=("infer",), memory=False))
+    assert work.gmacs > 0

@@ -22,8 +22,9 @@ import torch
 from fast_path_utils import TOL, assert_grads_close, assert_same_training
 from official_fixtures import micro_model
 
-from fcvit.layers import depthwise
-from fcvit.layers.fast import set_triton
+import fcvit
+from fcvit.accel import depthwise
+from fcvit.layers import DepthwiseConv2d
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (PyTorch's CUDA wheels bring it)")
 import triton.language as tl  # noqa: E402
@@ -71,13 +72,13 @@ def test_interpreted_suite():
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    """``fcvit.layers.triton_depthwise`` with its kernels run by Triton's interpreter (numpy, CPU tensors), and
-    :class:`DepthwiseConv2d` allowed to take it on CPU maps."""
+    """``fcvit.accel.triton_depthwise`` with its kernels run by Triton's interpreter (numpy, CPU tensors), and
+    :class:`~fcvit.accel.depthwise.TritonDepthwiseConv2d` allowed to take it on CPU maps."""
     if not IN_INTERPRETER:
         pytest.skip("runs in the child process of test_interpreted_suite")
     if problem := _interpreter_problem():
         pytest.skip(problem)
-    from fcvit.layers import triton_depthwise
+    from fcvit.accel import triton_depthwise
 
     monkeypatch.setattr(depthwise, "eager_on", lambda x, device_type: isinstance(x, torch.Tensor))
     return triton_depthwise
@@ -120,18 +121,19 @@ def test_interpreted_model_equals_plain(interpreted):
     path's logits, input gradient and parameter gradients (maps 12x20 down to 2x3: cropped kernels too)."""
     model, io = micro_model()
     model.train()
-    assert set_triton(model) == sum(isinstance(m, depthwise.DepthwiseConv2d) for m in model.modules())
-    assert_same_training(model, io["x48x80"][:1].contiguous(memory_format=torch.channels_last))
+    convs = [m for m in fcvit.optimize(model, "triton").modules() if isinstance(m, DepthwiseConv2d)]
+    assert convs and all(type(m) is depthwise.TritonDepthwiseConv2d for m in convs)
+    assert_same_training(model, io["x48x80"][:1].contiguous(memory_format=torch.channels_last), backend="triton")
 
 
 def test_triton_switch_leaves_cpu_and_nchw_alone():
-    """Without a CUDA channels_last map the layer keeps its other paths, whatever the switch says."""
+    """Without a CUDA channels_last map the Triton layer keeps its other paths."""
     torch.manual_seed(0)
-    layer = depthwise.DepthwiseConv2d(8, 5)
+    layer = DepthwiseConv2d(8, 5)
     x = torch.randn(2, 8, 7, 7)
     expected = layer(x)
-    set_triton(layer)
-    assert layer.triton
+    fcvit.optimize(layer, "triton")
+    assert type(layer) is depthwise.TritonDepthwiseConv2d
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
     torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), expected, rtol=0, atol=1e-6)
 
@@ -145,7 +147,7 @@ def test_kernels_compile_for_hopper_without_spills(dtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fcvit.layers import triton_depthwise as td
+    from fcvit.accel import triton_depthwise as td
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not cuobjdump.exists():
@@ -177,7 +179,7 @@ def test_cuda_model_with_triton_equals_cudnn(dtype):
     tol = TOL if dtype is None else 2e-2
     results = []
     for triton_on in (True, False):
-        set_triton(model, triton_on)
+        fcvit.optimize(model, "triton" if triton_on else "cpu")
         model.zero_grad(set_to_none=True)
         autocast = torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast, torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
@@ -196,7 +198,7 @@ def test_cuda_kernels_equal_conv2d_at_fcvit_shapes():
     x = torch.randn(4, 64, 56, 56, device="cuda").contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(64, 1, 11, 11, device="cuda"), torch.randn(64, device="cuda")
     grad = torch.randn_like(x)
-    from fcvit.layers.triton_depthwise import TritonDepthwiseConvFunction
+    from fcvit.accel.triton_depthwise import TritonDepthwiseConvFunction
 
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # the reference in true fp32
         expected = _conv_and_grads(depthwise.depthwise_conv, x, weight, bias, (5, 5, 5, 5), grad)

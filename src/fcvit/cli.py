@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
+from .errors import report_error, user_errors
 from .runtime import tune_cpu_allocator
 
 COMMAND_MODULES = (
@@ -29,22 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Expected failures (bad input, bad file, diverged run): one line naming the problem, exit code 1."""
-    from .train.checkpoint import CheckpointError
-    from .train.utils import NonFiniteLossError
-
-    return OSError, ValueError, CheckpointError, NonFiniteLossError
-
-
-def report_error(command: str, e: BaseException) -> int:
-    """Print ``fcvit COMMAND [rank R]: error: ...`` on stderr and return exit code 1."""
-    rank = os.environ.get("RANK")
-    where = f" [rank {rank}]" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
-    print(f"fcvit {command}{where}: error: {e}", file=sys.stderr, flush=True)
-    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

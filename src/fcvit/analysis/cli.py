@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..accel import NO_OPTIMIZE_HELP
+
 ATTENTION_BLOCKS = (
     "block K is the K-th attention layer (module matching '*attn_drop') in forward order, 0-based, "
     "negative from the end; for timm ViT/DeiT that is blocks.K"
@@ -88,6 +90,7 @@ def _add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None
     p.add_argument("--img-size", type=int, help="square input size (default: the model's)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (reproducible maps)")
+    p.add_argument("--no-optimize", action="store_true", help=NO_OPTIMIZE_HELP)
     p.add_argument("--output", required=True, help="folder for the PNG and JSON files")
 
 
@@ -125,10 +128,12 @@ def _load(name: str, checkpoint: str | None, kwargs: dict, args: argparse.Namesp
     """The model on the device and its eval data config."""
     import torch
 
+    from ..accel import optimize
     from .maps import create_model, input_config
 
     torch.manual_seed(args.seed)
     model = create_model(name, checkpoint, kwargs, args.img_size).to(_device(args))
+    optimize(model, None if args.no_optimize else "auto")
     if not checkpoint:
         print(f"note: {name} has random weights (no checkpoint given)", file=sys.stderr)
     return model, input_config(model, args.img_size)

@@ -20,6 +20,8 @@ import timm
 import torch
 from torch import nn
 
+from ..layers import GlobalContext
+
 ATTENTION_PATTERN = "*attn_drop"
 
 SIMILARITY_NORMALISATION = (
@@ -180,8 +182,8 @@ def _site(name: str, block: nn.Module, index: int, round_index: int) -> tuple[Si
         raise ValueError(f"round {round_index} is out of range: block {index} ({name}) has {len(rounds)} mixing rounds")
     r = round_index % len(rounds)
     gc = rounds[r].gc
-    if gc is None or gc.mode != "dynamic":
-        mode = "none" if gc is None else gc.mode
+    if not isinstance(gc, GlobalContext) or gc.mode != "dynamic":
+        mode = gc.mode if isinstance(gc, GlobalContext) else "none"
         return None, f"block {index} ({name}) has global context {mode!r}: no token-global similarity to show"
     return SimilaritySite(f"{name}.token_mixer.rounds.{r}.gc", index, gc), ""
 

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         memory=not args.no_memory,
         onnx=args.onnx,
+        optimize=not args.no_optimize,
     )
     result = run_benchmark(specs, cfg, reference=args.reference)
     result["command"] = "fcvit bench " + " ".join(args.argv)
@@ -51,14 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="throughput, GMACs and peak memory of models, interleaved in rounds",
         description="Benchmark timm models (this project's and peers) side by side. Models run in interleaved "
         "rounds; throughput is reported as median [IQR] over rounds, and the ratio to a reference model as the "
-        "median of per-round ratios. Append ':plain' to an FCViT model to turn its fast paths off, ':triton' to run "
-        "its depth-wise convs on the Triton kernels (CUDA, channels_last).",
+        "median of per-round ratios. Models run as fcvit.optimize makes them (--no-optimize: as timm.create_model "
+        "returns them); append ':plain' to an FCViT-frame model for its plain row, ':triton' to run its depth-wise "
+        "convs on the Triton kernels (CUDA, channels_last).",
     )
     p.add_argument(
         "models", nargs="*", help="timm model names, e.g. fcvit_b12 poolformer_s12 (NAME:plain, NAME:triton allowed)"
     )
     p.add_argument("--peers", action="store_true", help="add the standard peers (PoolFormer, ConvNeXt, ResNet, ...)")
-    p.add_argument("--plain", action="store_true", help="add a plain-path row (fast paths off) for each FCViT model")
+    p.add_argument("--plain", action="store_true", help="add a plain row (not optimised) for each FCViT model")
+    p.add_argument("--no-optimize", action="store_true", help="benchmark every model as timm.create_model returns it")
     p.add_argument("--reference", help="model the ratios are taken against (default: first non-FCViT model)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
     p.add_argument("--img-size", type=int, default=224)

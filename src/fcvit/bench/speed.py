@@ -22,9 +22,10 @@ import timm
 import torch
 from torch import nn
 
-from ..layers.fast import set_fast_path, set_triton
+from ..accel import is_optimized, optimize
 from ..models.complexity import count_gmacs, count_params
 from ..runtime import allocator
+from .memory import peak_rss_mb_in_subprocess, reset_peak_rss, rss_mb
 from .timing import interleaved_times, round_ratios, summarize
 
 PEERS = (
@@ -40,13 +41,10 @@ PEERS = (
 )
 MODES = ("infer", "train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PLAIN_SUFFIX = ":plain"  # FCViT with every fast path off
-TRITON_SUFFIX = ":triton"  # FCViT with its depth-wise convs on the Triton kernels (CUDA, channels_last)
-# NAME + suffix: (switch applied to the built model, returning how many modules it switched; what it needs)
-VARIANTS = {
-    PLAIN_SUFFIX: (lambda m: set_fast_path(m, enabled=False), "fast paths to turn off"),
-    TRITON_SUFFIX: (set_triton, "depth-wise convs for the Triton kernels"),
-}
+PLAIN_SUFFIX = ":plain"  # an FCViT-frame model as timm.create_model returns it, not optimised
+TRITON_SUFFIX = ":triton"  # optimised with its depth-wise convs on the Triton kernels (CUDA, channels_last)
+# NAME + suffix -> the fcvit.optimize backend it runs with (None: the plain model)
+VARIANTS = {PLAIN_SUFFIX: None, TRITON_SUFFIX: "triton"}
 
 
 @dataclass
@@ -67,6 +65,7 @@ class BenchConfig:
     memory: bool = True
     onnx: bool = False
     onnx_opset: int = 18
+    optimize: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -81,8 +80,8 @@ class BenchConfig:
 
 
 def create_model(spec: str, img_size: int) -> nn.Module:
-    """Build ``spec`` in eval mode: a timm model name, ``NAME:plain`` for an FCViT with its fast paths off, or
-    ``NAME:triton`` for one whose depth-wise convs run the Triton kernels (:func:`fcvit.layers.fast.set_triton`)."""
+    """Build ``spec``, a timm model name with an optional ``:plain`` or ``:triton`` suffix (:data:`VARIANTS`), as
+    the plain model in eval mode (the ONNX export and the GMAC count take it as it is)."""
     name, colon, variant = spec.partition(":")
     suffix = colon + variant
     if suffix and suffix not in VARIANTS:
@@ -93,11 +92,17 @@ def create_model(spec: str, img_size: int) -> nn.Module:
     # ViT-style models are built for one input size; convolutional ones take any.
     kwargs = {"img_size": img_size} if pretrained_cfg and pretrained_cfg.fixed_input_size else {}
     model = timm.create_model(name, **kwargs)
-    if suffix:
-        switch, needs = VARIANTS[suffix]
-        if switch(model) == 0:
-            raise ValueError(f"{spec!r}: {name} has no {needs} (not an FCViT-frame model)")
-    return model.eval()
+    if suffix and not is_optimized(optimize(model, "cpu")):
+        raise ValueError(f"{spec!r}: fcvit.optimize changes nothing in {name} (not an FCViT-frame model)")
+    return optimize(model, None).eval()
+
+
+def backend_of(spec: str, cfg: BenchConfig) -> str | None:
+    """The :func:`fcvit.optimize` backend ``spec`` runs with: its suffix's, else ``"auto"`` (None: plain)."""
+    _, colon, variant = spec.partition(":")
+    if colon:
+        return VARIANTS[colon + variant]
+    return "auto" if cfg.optimize else None
 
 
 @dataclass
@@ -121,6 +126,7 @@ def build_workload(spec: str, cfg: BenchConfig, modes: tuple[str, ...] | None = 
     model = create_model(spec, cfg.img_size)
     size = (3, cfg.img_size, cfg.img_size)
     work = Workload(spec, count_params(model) / 1e6, count_gmacs(model, size))
+    optimize(model, backend_of(spec, cfg))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(cfg.device, memory_format=memory_format)
     x = torch.randn(cfg.batch_size, *size, device=cfg.device).contiguous(memory_format=memory_format)
@@ -263,9 +269,7 @@ def peak_memory_mb(spec: str, mode: str, cfg: BenchConfig, workloads: dict[str, 
     if cfg.device.startswith("cuda"):
         work = (workloads or {}).get(spec) or build_workload(spec, cfg, (mode,))
         return _cuda_peak_mb(work.steps[mode], cfg.device)
-    from .memory import peak_rss_mb_in_subprocess
-
-    return peak_rss_mb_in_subprocess(spec, mode, cfg)
+    return peak_rss_mb_in_subprocess(spec, mode, asdict(cfg))
 
 
 def _load(machine: dict, when: str) -> str:
@@ -308,3 +312,30 @@ def format_markdown(result: dict[str, object]) -> str:
             cells += [f"{r[f'{m}_peak_mb']:.0f}" for m in cfg["modes"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _memory_child(request: str) -> None:
+    """Run in a fresh interpreter by :func:`fcvit.bench.memory.peak_rss_mb_in_subprocess`: build the workload of
+    ``request`` and print the growth of the peak RSS over its steps as JSON."""
+    import json
+
+    from ..runtime import tune_cpu_allocator
+
+    args = json.loads(request)
+    if args["tune_malloc"]:
+        tune_cpu_allocator()
+    cfg = BenchConfig(**{**args["cfg"], "modes": tuple(args["cfg"]["modes"])})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    baseline = rss_mb("VmRSS")
+    reset_peak_rss()
+    step = build_workload(args["spec"], cfg, (args["mode"],)).steps[args["mode"]]
+    for _ in range(cfg.warmup + 2):
+        step()
+    print(json.dumps(dict(peak_mb=rss_mb("VmHWM") - baseline, baseline_mb=baseline)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _memory_child(sys.argv[1])

@@ -131,6 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(task, model) from the checkpoint or run directory ``args.checkpoint``; ``--data-dir`` overrides the config's."""
+    from ..accel import optimize
     from .engine import load_trained
 
     config, ckpt = load_trained(args.checkpoint, args.task)
@@ -141,7 +142,7 @@ def _load(args: argparse.Namespace):
     task.class_names = ckpt["class_names"]
     model = task.build_model()
     model.load_state_dict(ckpt["model"])
-    return task, model
+    return task, optimize(model, "auto" if cfg.optimize else None)
 
 
 def run_eval(args: argparse.Namespace) -> int:

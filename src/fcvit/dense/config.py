@@ -47,6 +47,7 @@ class DenseConfig:
     workers: int = 4
     seed: int = 0
     amp: bool = False  # bfloat16 autocast, CUDA only
+    optimize: bool = True  # fcvit.optimize's exact faster backbone modules (--no-optimize: the plain model)
     grad_clip: float | None = None
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
+from ..accel import optimize
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
 from ..train.logger import Progress, RunLogger
@@ -126,7 +127,7 @@ def train(
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
 
     train_set, val_set = task.dataset("train", train=True), task.dataset("val")
-    model = task.build_model().to(info.device)
+    model = optimize(task.build_model(), "auto" if cfg.optimize else None).to(info.device)
     if info.distributed and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as mmdet/mmseg's SyncBN; 2-4 images per GPU
     sampler = (

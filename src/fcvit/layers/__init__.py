@@ -4,7 +4,7 @@ from .acmix import ACmix
 from .attention import ATTENTION_ACTIVATIONS, Attention2d, DepthwiseAttention2d, attention_activation
 from .channel_mixer import ChannelMixer
 from .depthwise import DepthwiseConv2d
-from .fcvit_mixer import FCViTMixer, MixingRound
+from .fcvit_mixer import FCViTMixer, MixerSettings, MixingRound, PointwiseMlp
 from .global_context import GlobalContext
 from .registry import create_token_mixer, list_token_mixers, register_token_mixer
 
@@ -18,7 +18,9 @@ __all__ = [
     "DepthwiseConv2d",
     "FCViTMixer",
     "GlobalContext",
+    "MixerSettings",
     "MixingRound",
+    "PointwiseMlp",
     "create_token_mixer",
     "list_token_mixers",
     "register_token_mixer",

@@ -1,7 +1,5 @@
-"""Checks on inputs shared by the models and layers: the shape every model and token mixer expects (written so
-that FX tracing keeps it), and whether a tensor is seen by eager PyTorch, where the hand-made fast paths apply."""
-
-from __future__ import annotations
+"""The input check shared by the models and layers: the shape every model and token mixer expects, written so
+that FX tracing keeps it."""
 
 import torch
 from timm.layers import register_notrace_function
@@ -16,13 +14,3 @@ def check_input(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:
             f"{name} expects an input of shape [B, {channels}, H, W], got a tensor of shape {list(x.shape)}"
         )
     return x
-
-
-def eager_on(x: torch.Tensor, device_type: str) -> bool:
-    """``x`` is a tensor on ``device_type`` seen by eager PyTorch, where the hand-made fast paths apply.
-
-    Not under torch.compile / torch.export (dynamo), TorchScript or jit tracing; under FX tracing ``x``
-    is a Proxy, not a tensor.
-    """
-    tracing = torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
-    return not tracing and isinstance(x, torch.Tensor) and x.device.type == device_type

@@ -1,31 +1,67 @@
 """FCViT's token mixer (paper Eq. 5, repeated twice): global context fused into local convolution."""
 
-from __future__ import annotations
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
 
 from .depthwise import DepthwiseConv2d
-from .fast import conv_gelu
 from .global_context import GLOBAL_CONTEXT_MODES, GlobalContext
 from .registry import register_token_mixer
 
 
-class PointwiseMlp(nn.Module):
-    """``GELU(P(x))`` of Eq. 5: 1x1 conv C -> hidden, GELU, 1x1 conv hidden -> C, GELU.
+@dataclass(frozen=True)
+class MixerSettings:
+    """FCViT's token-mixer settings, the paper's ablations (section 4.3), declared once for every model.
 
-    ``fast``: each 1x1 conv runs with its GELU as one oneDNN call in CPU inference
-    (:func:`fcvit.layers.fast.conv_gelu`). Keys as timm's ConvMlp (``fc1``, ``fc2``).
+    Args:
+        kernel_size: depth-wise kernel size (paper: 11; ablation 3..13, even sizes included).
+        mixer_rounds: number of mixing rounds (paper: 2).
+        global_context: ``"none"``, ``"static"`` or ``"dynamic"`` (token-global similarity).
+        competitive: competitive information bottleneck on/off.
+        gc_groups: groups of the token-global similarity (paper: 8).
+        gc_reduction: bottleneck reduction (paper: 8).
     """
+
+    kernel_size: int = 11
+    mixer_rounds: int = 2
+    global_context: str = "dynamic"
+    competitive: bool = True
+    gc_groups: int = 8
+    gc_reduction: int = 8
+
+    def __post_init__(self) -> None:
+        if self.global_context not in ("none", *GLOBAL_CONTEXT_MODES):
+            modes = ("none", *GLOBAL_CONTEXT_MODES)
+            raise ValueError(f"global_context must be one of {modes}, got {self.global_context!r}")
+        if self.mixer_rounds < 1:
+            raise ValueError(f"FCViT's token mixer needs at least one mixing round, got {self.mixer_rounds}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> "MixerSettings":
+        """The settings from keyword arguments, with an error that lists the accepted names."""
+        unknown = sorted(set(settings) - set(cls.names()))
+        if unknown:
+            raise TypeError(f"unknown FCViT mixer setting(s) {unknown}; accepted: {', '.join(cls.names())}")
+        return cls(**settings)
+
+
+class PointwiseMlp(nn.Module):
+    """``GELU(P(x))`` of Eq. 5: 1x1 conv C -> hidden, GELU, 1x1 conv hidden -> C, GELU (keys as timm's ConvMlp)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, 1)
-        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_gelu(self.fc2, conv_gelu(self.fc1, x, self.fast), self.fast)
+        return self.act(self.fc2(self.act(self.fc1(x))))
 
 
 class MixingRound(nn.Module):
@@ -34,62 +70,29 @@ class MixingRound(nn.Module):
     DW is a depth-wise ``k x k`` conv; P a pointwise MLP C -> max(C // 8, 16) -> C.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        kernel_size: int = 11,
-        global_context: str = "dynamic",
-        competitive: bool = True,
-        groups: int = 8,
-        reduction: int = 8,
-    ):
+    def __init__(self, dim: int, settings: MixerSettings):
         super().__init__()
-        if global_context not in GLOBAL_CONTEXT_MODES:
-            raise ValueError(f"global_context must be one of {GLOBAL_CONTEXT_MODES}, got {global_context!r}")
+        s = settings
         self.gc = (
-            None
-            if global_context == "none"
-            else GlobalContext(dim, global_context, groups=groups, competitive=competitive, reduction=reduction)
+            nn.Identity()
+            if s.global_context == "none"
+            else GlobalContext(dim, s.global_context, s.gc_groups, s.competitive, s.gc_reduction)
         )
-        self.dw = DepthwiseConv2d(dim, kernel_size)
+        self.dw = DepthwiseConv2d(dim, s.kernel_size)
         self.mlp = PointwiseMlp(dim, max(dim // 8, 16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gc is not None:
-            x = self.gc(x)
-        return self.mlp(self.dw(x))
+        return self.mlp(self.dw(self.gc(x)))
 
 
 @register_token_mixer("fcvit")
 class FCViTMixer(nn.Module):
-    """FCViT token mixer: ``rounds`` mixing rounds (the paper uses two).
+    """FCViT token mixer: ``mixer_rounds`` mixing rounds (the paper uses two); settings as :class:`MixerSettings`."""
 
-    Args:
-        dim: channels.
-        kernel_size: depth-wise kernel size (paper: 11; ablation 3..13, even sizes included).
-        rounds: number of mixing rounds (1 or 2).
-        global_context: ``"none"``, ``"static"`` or ``"dynamic"`` (token-global similarity).
-        competitive: competitive information bottleneck on/off.
-        groups: groups of the token-global similarity (paper: 8).
-        reduction: bottleneck reduction (paper: 8).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        kernel_size: int = 11,
-        rounds: int = 2,
-        global_context: str = "dynamic",
-        competitive: bool = True,
-        groups: int = 8,
-        reduction: int = 8,
-    ):
+    def __init__(self, dim: int, **settings: Any):
         super().__init__()
-        if rounds < 1:
-            raise ValueError(f"FCViTMixer needs at least one mixing round, got {rounds}")
-        self.rounds = nn.Sequential(
-            *[MixingRound(dim, kernel_size, global_context, competitive, groups, reduction) for _ in range(rounds)]
-        )
+        s = MixerSettings.of(settings)
+        self.rounds = nn.Sequential(*[MixingRound(dim, s) for _ in range(s.mixer_rounds)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rounds(x)

@@ -6,17 +6,13 @@ squeezed through a (competitive) bottleneck into ``v``. The *dynamic* variant th
 per token by how similar the token is to ``g`` (token-global similarity), per channel group.
 """
 
-from __future__ import annotations
-
 import torch
-from timm.layers import register_notrace_module
 from torch import nn
 
-GLOBAL_CONTEXT_MODES = ("none", "static", "dynamic")
+GLOBAL_CONTEXT_MODES = ("static", "dynamic")
 EPS = 1e-5  # added to the std when the similarity is standardised
 
 
-@register_notrace_module  # its fast paths look at sizes and memory formats: a leaf for FX tracing
 class GlobalContext(nn.Module):
     """Query-irrelevant global context, static or dynamic (multi-group token-global similarity).
 
@@ -37,8 +33,8 @@ class GlobalContext(nn.Module):
         reduction: int = 8,
     ):
         super().__init__()
-        if mode not in ("static", "dynamic"):
-            raise ValueError(f"GlobalContext mode must be 'static' or 'dynamic', got {mode!r}")
+        if mode not in GLOBAL_CONTEXT_MODES:
+            raise ValueError(f"GlobalContext mode must be one of {GLOBAL_CONTEXT_MODES}, got {mode!r}")
         if dim % groups:
             raise ValueError(f"GlobalContext: {dim} channels do not split into {groups} groups")
         self.mode = mode
@@ -53,7 +49,6 @@ class GlobalContext(nn.Module):
         if mode == "dynamic":
             self.rescale_weight = nn.Parameter(torch.ones(groups))  # w in Eq. 8
             self.rescale_bias = nn.Parameter(torch.zeros(groups))  # beta in Eq. 8
-        self.fast = True
 
     def bottleneck(self, g: torch.Tensor) -> torch.Tensor:
         """``v = f(g)`` for the pooled tokens ``g`` of shape [B, C]."""
@@ -70,16 +65,13 @@ class GlobalContext(nn.Module):
         tokens = x.reshape(B, self.groups, d, H * W)
         # s[b, h, n] = d^-1/2 * sum_j x[b, h*d+j, n] * g[b, h*d+j]
         s = torch.einsum("bgdn,bgd->bgn", tokens, g.view(B, self.groups, d)) * d**-0.5
-        return self._standardise(s)
-
-    def _standardise(self, s: torch.Tensor) -> torch.Tensor:
-        """Standardise ``s`` [B, G, HW] per sample over groups and positions together (unbiased std, as
-        torch.std), then rescale per group (``w``, ``beta`` of Eq. 8)."""
-        s = _standardise_rows(s.reshape(s.shape[0], -1))[0].view_as(s)
-        return s * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
+        # standardised per sample over groups and positions together (unbiased std), then rescaled per group
+        flat = s.reshape(B, -1)
+        flat = (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True) + EPS)
+        return flat.view_as(s) * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
-        """``GC(x)`` of shape [B, C, H, W], computed as the equations read (the plain path)."""
+        """``GC(x)`` of shape [B, C, H, W]."""
         B, C, H, W = x.shape
         v = self.bottleneck(x.mean(dim=(2, 3)))
         if self.mode == "static":
@@ -90,126 +82,5 @@ class GlobalContext(nn.Module):
         return out.reshape(B, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + GC(x)``: the tokens with the global context added (first line of paper Eq. 5).
-
-        ``fast`` (default): the dynamic context as two batched matrix products that read the tokens in
-        place, in either memory format (:meth:`_add_dynamic`); otherwise ``x + context(x)``.
-        """
-        if not self.fast:
-            return x + self.context(x)
-        if self.mode == "static":
-            B, C = x.shape[:2]
-            return x + self.bottleneck(x.mean(dim=(2, 3))).view(B, C, 1, 1)
-        return self._add_dynamic(x)
-
-    def _add_dynamic(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + s * v`` with the similarity and the weighting each one ``bmm`` over the token matrix.
-
-        The tokens are seen without a copy as [B, HW, C] (channels_last) or [B, C, HW] (NCHW). Per-group
-        dot products and outer products become products with block-diagonal [G, C] matrices (``g`` or
-        ``v`` on the diagonal blocks), so that the backward is made of ``bmm`` too, instead of full-size
-        temporaries and reductions. For channels_last tokens outside autocast the backward is written out
-        (:class:`DynamicContextFunction`): fewer passes over the tokens than autograd's, 1.2-1.3x faster
-        forward + backward per call at fcvit_tiny's 64 px shapes.
-        """
-        B, C, H, W = x.shape
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        # The mean is taken over the token view, so its gradient comes back in x's memory format.
-        tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C) if channels_last else x.reshape(B, C, H * W)
-        g = tokens.mean(dim=1 if channels_last else 2)
-        v = self.bottleneck(g)
-        params = (self.rescale_weight, self.rescale_bias, self.groups)
-        if channels_last:
-            if torch.is_autocast_enabled(x.device.type):  # autograd's backward keeps autocast's dtypes
-                _, v_blocks, _, _, scaled = _context_terms(tokens, g, v, *params)
-                out = _add_product(tokens, scaled, v_blocks)
-            else:
-                out = DynamicContextFunction.apply(tokens, g, v, *params)
-            return out.view(B, H, W, C).permute(0, 3, 1, 2)
-        g_blocks = _block_diagonal(g, self.groups, (C // self.groups) ** -0.5)
-        v_blocks = _block_diagonal(v, self.groups)
-        s = self._standardise(torch.bmm(g_blocks, tokens))  # [B, G, HW]
-        return _add_product(tokens, v_blocks.transpose(1, 2), s).view(B, C, H, W)
-
-
-def _add_product(tokens: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``tokens + a @ b`` in one pass; under autocast as a separate add, so the sum keeps the tokens' dtype."""
-    if torch.is_autocast_enabled(tokens.device.type):
-        return tokens + torch.bmm(a, b)
-    return torch.baddbmm(tokens, a, b)
-
-
-def _standardise_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows - mean) / (std + EPS)`` per row, with the rows' unbiased std (as torch.std), and that std.
-
-    Two passes (mean, then centred squares): several times faster than torch.std_mean's Welford reduction on
-    these [B, G*HW] rows.
-    """
-    centred = rows - rows.mean(dim=1, keepdim=True)
-    std = centred.square().sum(dim=1, keepdim=True).div(rows.shape[1] - 1).sqrt()
-    return centred / (std + EPS), std
-
-
-def _block_diagonal(u: torch.Tensor, groups: int, scale: float = 1.0) -> torch.Tensor:
-    """[B, C] -> [B, G, C]: row h holds ``scale * u``'s group h of channels, zeros elsewhere."""
-    B, C = u.shape
-    eye = torch.eye(groups, dtype=u.dtype, device=u.device).mul_(scale).view(1, groups, groups, 1)
-    return (u.view(B, 1, groups, C // groups) * eye).reshape(B, groups, C)
-
-
-def _diagonal_blocks(m: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, G, C] -> [B, C]: row h's own group of channels, for every h (the inverse of :func:`_block_diagonal`)."""
-    B, _, C = m.shape
-    return m.view(B, groups, groups, C // groups).diagonal(dim1=1, dim2=2).transpose(1, 2).reshape(B, C)
-
-
-def _context_terms(
-    tokens: torch.Tensor, g: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int
-) -> tuple[torch.Tensor, ...]:
-    """The pieces of the dynamic context for tokens [B, N, C]: block-diagonal ``g / sqrt(d)`` and ``v`` [B, G, C],
-    the standardised similarity ``s`` [B, N, G] with its per-sample std [B, 1], and ``S = s * w + beta``."""
-    B, N, C = tokens.shape
-    g_blocks = _block_diagonal(g, groups, (C // groups) ** -0.5)
-    v_blocks = _block_diagonal(v, groups)
-    s, std = _standardise_rows(torch.bmm(tokens, g_blocks.transpose(1, 2)).view(B, N * groups))
-    s = s.view(B, N, groups)
-    return g_blocks, v_blocks, s, std, s * weight + bias
-
-
-class DynamicContextFunction(torch.autograd.Function):
-    """``T + S @ V``: the dynamic context added to the tokens T [B, N, C], with its backward written out.
-
-    Forward, as :meth:`GlobalContext._add_dynamic` computes it: ``r = T @ Gb^T`` (``Gb`` = block-diagonal
-    ``g / sqrt(d)``), ``s = standardise(r)`` per sample, ``S = s * w + beta`` [B, N, G], ``out = T + S @ Vb``
-    (``Vb`` = block-diagonal ``v``). ``g`` and ``v`` come in as inputs, so autograd still differentiates the
-    pooling and the bottleneck. Backward, with ``dS = dOut @ Vb^T``, ``ds = dS * w``, ``sigma`` the std and
-    ``n`` the row length N*G:
-
-    * ``dv`` = diagonal blocks of ``S^T @ dOut``; ``dw = sum(dS * s)``, ``dbeta = sum(dS)``;
-    * ``dc = ds / (sigma + eps) - s * sum(ds * s) / (sigma (n - 1))`` through ``s = c / (sigma + eps)``,
-      ``dr = dc - mean(dc)`` through the centring;
-    * ``dT = dOut + dr @ Gb``, ``dg`` = diagonal blocks of ``dr^T @ T``, divided by sqrt(d).
-    """
-
-    @staticmethod
-    def forward(ctx, tokens, g, v, weight, bias, groups: int):
-        g_blocks, v_blocks, s, std, scaled = _context_terms(tokens, g, v, weight, bias, groups)
-        ctx.save_for_backward(tokens, g_blocks, v_blocks, s, scaled, std, weight)
-        return torch.baddbmm(tokens, scaled, v_blocks)
-
-    @staticmethod
-    def backward(ctx, grad):
-        tokens, g_blocks, v_blocks, s, scaled, std, weight = ctx.saved_tensors
-        B, N, C = tokens.shape
-        groups = g_blocks.shape[1]
-        grad_scaled = torch.bmm(grad, v_blocks.transpose(1, 2))  # [B, N, G]
-        grad_v = _diagonal_blocks(torch.bmm(scaled.transpose(1, 2), grad), groups)
-        grad_weight = (grad_scaled * s).sum((0, 1))
-        grad_bias = grad_scaled.sum((0, 1))
-        grad_s = (grad_scaled * weight).view(B, -1)
-        s = s.view(B, -1)
-        grad_c = grad_s / (std + EPS) - s * (grad_s * s).sum(1, keepdim=True).div(std * (s.shape[1] - 1))
-        grad_r = (grad_c - grad_c.mean(1, keepdim=True)).view(B, N, groups)
-        grad_tokens = torch.baddbmm(grad, grad_r, g_blocks)
-        grad_g = _diagonal_blocks(torch.bmm(grad_r.transpose(1, 2), tokens), groups) * (C // groups) ** -0.5
-        return grad_tokens, grad_g, grad_v, grad_weight, grad_bias, None
+        """``x + GC(x)``: the tokens with the global context added (first line of paper Eq. 5)."""
+        return x + self.context(x)

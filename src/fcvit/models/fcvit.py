@@ -13,43 +13,35 @@ maps official checkpoints, and a ``load_state_dict`` pre-hook makes ``model.load
 timm's ``checkpoint_path=`` accept them as released.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, GroupNorm1, LayerScale2d, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, GroupNorm1, LayerScale2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from ..layers import ChannelMixer, create_token_mixer
-from ..layers.checks import check_input, eager_on
-from ..layers.fast import cpu_inference, run_chunked, run_conv
+from ..layers import ChannelMixer, MixerSettings, create_token_mixer
+from ..layers.checks import check_input
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
 
 
 class OverlapPatchEmbed(nn.Module):
-    """Overlapping patch embedding: conv (stride < kernel) then BatchNorm (stem and downsampling).
-
-    ``fast``: on small maps in CPU training the conv runs as a linear layer over its patches
-    (:func:`fcvit.layers.fast.run_conv`).
-    """
+    """Overlapping patch embedding: conv (stride < kernel) then BatchNorm (stem and downsampling)."""
 
     def __init__(self, in_chans: int, dim: int, kernel_size: int, stride: int, padding: int):
         super().__init__()
         self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding)
         self.norm = nn.BatchNorm2d(dim)
-        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(run_conv(self.conv, x, self.fast))
+        return self.norm(self.conv(x))
 
 
 class FCViTBlock(nn.Module):
@@ -80,23 +72,8 @@ class FCViTBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.residual(x, self.token_mixer(self.norm1(x)), self.ls1, self.drop_path1)
-        return self.residual(x, self.channel_mixer(self.norm2(x)), self.ls2, self.drop_path2)
-
-    def residual(self, x: torch.Tensor, y: torch.Tensor, ls: LayerScale2d, drop_path: nn.Module) -> torch.Tensor:
-        """``x + drop_path(gamma * y)``: one ``addcmul`` (one pass over memory) where drop path is off."""
-        if self.training and not isinstance(drop_path, nn.Identity):
-            return x + drop_path(ls(y))
-        return torch.addcmul(x, ls.gamma.view(-1, 1, 1), y)
-
-
-def run_blocks(blocks: nn.Sequential, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``blocks(x)``; in CPU inference (``fast``) a few images at a time, so that the blocks' widest map (the
-    channel mixers' hidden map) stays within ``CHUNK_BYTES`` (:func:`fcvit.layers.fast.run_chunked`)."""
-    if fast and not blocks.training and cpu_inference(x):
-        widest = max([x.shape[1], *(b.channel_mixer.fc1.out_channels for b in blocks)])
-        return run_chunked(blocks, x, widest)
-    return blocks(x)
+        x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.channel_mixer(self.norm2(x))))
 
 
 class FCViTStage(nn.Module):
@@ -107,13 +84,12 @@ class FCViTStage(nn.Module):
         self.downsample = OverlapPatchEmbed(in_dim, dim, 3, 2, 1) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[FCViTBlock(dim, drop_path=dpr, **kw) for dpr in drop_path_rates])
         self.grad_checkpointing = False
-        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
-        return run_blocks(self.blocks, x, self.fast)
+        return self.blocks(x)
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list:
@@ -125,35 +101,16 @@ def _per_stage(value: Any, num_stages: int, name: str) -> list:
     return list(value)
 
 
-def _mixer_kwargs(
-    token_mixer: str,
-    extra: dict[str, Any] | None,
-    kernel_size: int,
-    mixer_rounds: int,
-    global_context: str,
-    competitive: bool,
-    gc_groups: int,
-    gc_reduction: int,
-) -> dict[str, Any]:
-    """Keyword arguments of one stage's token mixer: FCViT's ablation switches, then ``extra``."""
-    kwargs: dict[str, Any] = {}
-    if token_mixer == "fcvit":
-        kwargs = dict(
-            kernel_size=kernel_size,
-            rounds=mixer_rounds,
-            global_context=global_context,
-            competitive=competitive,
-            groups=gc_groups,
-            reduction=gc_reduction,
-        )
-    return {**kwargs, **(extra or {})}
+def _stage_mixer_kwargs(token_mixer: str, extra: dict[str, Any] | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of one stage's token mixer: FCViT's mixer ``settings`` (for FCViT's mixer), then ``extra``."""
+    return {**(settings if token_mixer == "fcvit" else {}), **(extra or {})}
 
 
-# It reads the input's memory format, which FX tracing cannot: timm's FX feature extraction records a call.
-@register_notrace_function
-def like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``y`` in the memory format of the caller's input ``x`` (NCHW unless ``x`` came channels_last)."""
-    return y.contiguous() if x.is_contiguous() else y
+def _check_mixer_settings(token_mixers: Sequence[str], settings: dict[str, Any]) -> None:
+    """Reject FCViT mixer settings that are misspelt, or that no stage would use (no stage has FCViT's mixer)."""
+    MixerSettings.of(settings)
+    if settings and "fcvit" not in token_mixers:
+        raise TypeError(f"FCViT mixer settings {sorted(settings)} given, but no stage uses FCViT's token mixer")
 
 
 class _FCViTBase(nn.Module):
@@ -162,7 +119,6 @@ class _FCViTBase(nn.Module):
     num_classes: int
     in_chans: int
     num_features: int
-    fast: bool = True
 
     def _setup_head(self, num_classes: int, drop_rate: float, global_pool: str) -> None:
         self.num_classes = num_classes
@@ -194,11 +150,8 @@ class _FCViTBase(nn.Module):
                 m.init_weights()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the input and run the stem; on CPU (``fast``) the maps go channels_last from here on."""
-        x = check_input(x, self.in_chans, type(self).__name__)
-        if self.fast and eager_on(x, "cpu"):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.stem(x)
+        """Check the input and run the stem."""
+        return self.stem(check_input(x, self.in_chans, type(self).__name__))
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -222,11 +175,21 @@ class _FCViTBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.ignore
+    def check_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` naming the first tensor of ``state_dict`` (our layout) whose shape does not fit."""
+        own = self.state_dict()
+        for k, v in state_dict.items():
+            if k in own and own[k].shape != v.shape:
+                raise ValueError(
+                    f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model expects {list(own[k].shape)}"
+                )
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Accept the official layout as released (timm's checkpoint_path route applies no filter).
         own = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
         own = checkpoint_filter_fn(own, self)
-        check_state_dict_shapes(own, self)
+        self.check_checkpoint(own)
         state_dict.update({prefix + k: v for k, v in own.items()})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -240,15 +203,15 @@ class FCViT(_FCViTBase):
         depths / dims / mlp_ratios: blocks, channels and channel-mixer ratio per stage.
         token_mixers: token-mixer name, or one per stage (see :func:`fcvit.layers.list_token_mixers`).
         mixer_kwargs: extra keyword arguments of the token mixer, one dict or one per stage.
-        kernel_size, mixer_rounds, global_context, competitive, gc_groups, gc_reduction: FCViT token-mixer
-            ablations (paper section 4.3): kernel 3..13, 1 or 2 rounds, ``"none"``/``"static"``/``"dynamic"``,
-            competitive bottleneck, similarity groups, bottleneck reduction.
         mlp_dwconv: depth-wise 3x3 conv in the channel mixer.
         drop_rate / proj_drop_rate / drop_path_rate: head dropout, channel-mixer dropout, stochastic depth
             (rising linearly over all blocks from 0).
         layer_scale_init_value: initial layer scale (1e-5; 1e-6 in the dense-prediction backbone).
         feature_norms: give each stage output its own GroupNorm(1) in ``forward_intermediates``, as the
             official dense-prediction backbone does (set by ``features_only=True``).
+        **mixer_settings: FCViT token-mixer ablations (paper section 4.3) for the stages with FCViT's mixer:
+            ``kernel_size``, ``mixer_rounds``, ``global_context``, ``competitive``, ``gc_groups``, ``gc_reduction``
+            (:class:`~fcvit.layers.MixerSettings`).
     """
 
     def __init__(
@@ -260,12 +223,6 @@ class FCViT(_FCViTBase):
         mlp_ratios: float | Sequence[float] = (8, 8, 4, 4),
         token_mixers: str | Sequence[str] = "fcvit",
         mixer_kwargs: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
-        kernel_size: int = 11,
-        mixer_rounds: int = 2,
-        global_context: str = "dynamic",
-        competitive: bool = True,
-        gc_groups: int = 8,
-        gc_reduction: int = 8,
         mlp_dwconv: bool = True,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -273,6 +230,7 @@ class FCViT(_FCViTBase):
         layer_scale_init_value: float = 1e-5,
         feature_norms: bool = False,
         global_pool: str = "avg",
+        **mixer_settings: Any,
     ):
         super().__init__()
         num_stages = len(depths)
@@ -281,6 +239,7 @@ class FCViT(_FCViTBase):
         mixers = _per_stage(token_mixers, num_stages, "token_mixers")
         extras = _per_stage(mixer_kwargs, num_stages, "mixer_kwargs")
         ratios = _per_stage(mlp_ratios, num_stages, "mlp_ratios")
+        _check_mixer_settings(mixers, mixer_settings)
         self.in_chans = in_chans
         self.depths, self.dims = tuple(depths), tuple(dims)
         self.num_features = dims[-1]
@@ -289,9 +248,7 @@ class FCViT(_FCViTBase):
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, self.feature_info, in_dim, first = [], [], dims[0], 0
         for i in range(num_stages):
-            kwargs = _mixer_kwargs(
-                mixers[i], extras[i], kernel_size, mixer_rounds, global_context, competitive, gc_groups, gc_reduction
-            )
+            kwargs = _stage_mixer_kwargs(mixers[i], extras[i], mixer_settings)
             stages.append(
                 FCViTStage(
                     in_dim,
@@ -328,13 +285,26 @@ class FCViT(_FCViTBase):
         )
 
     @torch.jit.ignore
+    def check_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """As the base class, but a checkpoint of another variant is named as such (depths and widths)."""
+        arch = _architecture(state_dict)
+        if arch is not None and arch != (self.depths, self.dims):
+            ckpt_name, model_name = _variant_name(*arch), _variant_name(self.depths, self.dims)
+            raise ValueError(
+                f"checkpoint is {ckpt_name} (depths {list(arch[0])}, dims {list(arch[1])}) but the model is "
+                f"{model_name} (depths {list(self.depths)}, dims {list(self.dims)}): "
+                f"create the model that matches the checkpoint"
+            )
+        super().check_checkpoint(state_dict)
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages, final GroupNorm(1): the last feature map [B, C4, H/32, W/32]."""
-        return like_input(self.norm(self.stages(self.embed(x))), x)
+        return self.norm(self.stages(self.embed(x)))
 
     def forward_intermediates(
         self,
@@ -363,21 +333,26 @@ class FCViT(_FCViTBase):
                     out = self.feature_norms[i](y)
                 else:
                     out = self.norm(y) if norm and i == last else y
-                intermediates.append(like_input(out, x))
+                intermediates.append(out)
         if intermediates_only:
             return intermediates
-        return like_input(self.norm(y), x), intermediates
+        return self.norm(y), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last wanted one (and the head / final norm when asked)."""
+        """Drop the stages after the last wanted one (and the head / final norm when asked). A kept head is rebuilt
+        for the last kept stage's width (fresh weights), so the pruned model still classifies."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         if self.feature_norms is not None:
             self.feature_norms = self.feature_norms[: max_index + 1]
         if prune_norm or max_index < len(self.depths) - 1:
             self.norm = nn.Identity()
+        if self.num_features != self.dims[max_index]:
+            self.num_features = self.head_hidden_size = self.dims[max_index]
+            if not prune_head:
+                self.reset_classifier(self.num_classes)
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
@@ -396,26 +371,20 @@ class IsoFCViT(_FCViTBase):
         mlp_ratio: float = 4.0,
         token_mixer: str = "fcvit",
         mixer_kwargs: dict[str, Any] | None = None,
-        kernel_size: int = 11,
-        mixer_rounds: int = 2,
-        global_context: str = "dynamic",
-        competitive: bool = True,
-        gc_groups: int = 8,
-        gc_reduction: int = 8,
         mlp_dwconv: bool = True,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         layer_scale_init_value: float = 1e-5,
         global_pool: str = "avg",
+        **mixer_settings: Any,
     ):
         super().__init__()
         self.in_chans = in_chans
         self.num_features = dim
         self.stem = OverlapPatchEmbed(in_chans, dim, kernel_size=patch_size, stride=patch_size, padding=0)
-        kwargs = _mixer_kwargs(
-            token_mixer, mixer_kwargs, kernel_size, mixer_rounds, global_context, competitive, gc_groups, gc_reduction
-        )
+        _check_mixer_settings([token_mixer], mixer_settings)
+        kwargs = _stage_mixer_kwargs(token_mixer, mixer_kwargs, mixer_settings)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(
             *[
@@ -430,7 +399,8 @@ class IsoFCViT(_FCViTBase):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^stem", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        fine = [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+        return dict(stem=r"^stem", blocks=r"^blocks\.(\d+)" if coarse else fine)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -442,8 +412,8 @@ class IsoFCViT(_FCViTBase):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             y = checkpoint_seq(self.blocks, y)
         else:
-            y = run_blocks(self.blocks, y, self.fast)
-        return like_input(self.norm(y), x)
+            y = self.blocks(y)
+        return self.norm(y)
 
     def forward_intermediates(
         self,
@@ -464,10 +434,10 @@ class IsoFCViT(_FCViTBase):
         for i, block in enumerate(blocks):
             y = block(y)
             if i in take_indices:
-                intermediates.append(like_input(self.norm(y) if norm else y, x))
+                intermediates.append(self.norm(y) if norm else y)
         if intermediates_only:
             return intermediates
-        return like_input(self.norm(y), x), intermediates
+        return self.norm(y), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -555,25 +525,6 @@ def _variant_name(depths: Sequence[int], dims: Sequence[int]) -> str:
     return "a custom FCViT"
 
 
-def check_state_dict_shapes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Raise ``ValueError`` naming the variant (or the first tensor) when a checkpoint does not fit ``model``."""
-    own = model.state_dict()
-    if isinstance(model, FCViT):
-        arch = _architecture(state_dict)
-        if arch is not None and arch != (model.depths, model.dims):
-            ckpt_name, model_name = _variant_name(*arch), _variant_name(model.depths, model.dims)
-            raise ValueError(
-                f"checkpoint is {ckpt_name} (depths {list(arch[0])}, dims {list(arch[1])}) but the model is "
-                f"{model_name} (depths {list(model.depths)}, dims {list(model.dims)}): "
-                f"create the model that matches the checkpoint"
-            )
-    for k, v in state_dict.items():
-        if k in own and own[k].shape != v.shape:
-            raise ValueError(
-                f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model expects {list(own[k].shape)}"
-            )
-
-
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """timm filter for FCViT weights: official layout -> ours; fresh feature norms where the checkpoint has none.
 
@@ -617,13 +568,12 @@ register_paper_figures(
 
 def _create(variant: str, cls: type[nn.Module], pretrained: bool = False, **kwargs) -> nn.Module:
     model_args = {**MODEL_ARGS.get(variant, {}), **kwargs}
-    feature_cfg = None
     if cls is FCViT:
         if kwargs.get("features_only"):
             model_args.setdefault("feature_norms", True)
         feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
-    else:
-        feature_cfg = dict(out_indices=(model_args.get("depth", 12) - 1,), feature_cls="getter")
+    else:  # the last three blocks, as timm's isotropic models
+        feature_cfg = dict(out_indices=3, feature_cls="getter")
     return build_model_with_cfg(
         cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **model_args
     )

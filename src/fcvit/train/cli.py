@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..accel import NO_OPTIMIZE_HELP
+
 
 def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
@@ -23,13 +25,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     import torch
 
-    from .build import create_eval_loader, load_trained_model, open_dataset
+    from .build import create_eval_loader, open_dataset
     from .distributed import pick_device
     from .utils import evaluate
 
-    model, data_config, class_names = load_trained_model(
-        args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
-    )
+    model, data_config, class_names = _load_model(args)
     if args.img_size:
         data_config["input_size"] = [data_config["input_size"][0], args.img_size, args.img_size]
     dataset, classes = open_dataset(args.data, args.split, data_config["input_size"][0], args.data_dir, args.limit)
@@ -61,14 +61,11 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import report_error
     from ..data import load_image
     from ..data.transforms import create_eval_transform, image_mode
-    from .build import load_trained_model
+    from ..errors import report_error
 
-    model, data_config, class_names = load_trained_model(
-        args.model, args.checkpoint, args.ema, json.loads(args.model_kwargs) if args.model_kwargs else None
-    )
+    model, data_config, class_names = _load_model(args)
     transform = create_eval_transform(data_config)
     mode = image_mode(data_config["input_size"][0])
     images, paths, failed = [], [], 0
@@ -97,6 +94,16 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _load_model(args: argparse.Namespace):
+    """(model, data config, class names) of ``--checkpoint``, optimised unless ``--no-optimize``."""
+    from ..accel import optimize
+    from .build import load_trained_model
+
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
+    model, data_config, class_names = load_trained_model(args.model, args.checkpoint, args.ema, kwargs)
+    return optimize(model, None if args.no_optimize else "auto"), data_config, class_names
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="timm model name (default: the one recorded in the checkpoint)")
     p.add_argument(
@@ -108,6 +115,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-optimize", action="store_true", help=NO_OPTIMIZE_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -109,6 +109,7 @@ class TrainConfig:
     amp_dtype: str = _f("bfloat16", "AMP dtype: 'bfloat16' or 'float16' (with a gradient scaler)")
     channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)")
     compile: bool = _f(False, "torch.compile the model")
+    optimize: bool = _f(True, "swap in fcvit.optimize's exact faster modules (--no-optimize: the plain model)")
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks (CUDA only)")
     seed: int = _f(42, "random seed (each rank adds its rank)")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (and no cuDNN benchmark)")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..accel import optimize
 from ..models.complexity import count_params
 from .build import create_loaders, is_fashion_mnist, open_dataset, resolve_data_config
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import (
+    DistInfo,
     all_reduce_sum,
     broadcast_buffers,
     broadcast_object,
@@ -48,6 +52,8 @@ from .logger import Progress, RunLogger, format_duration
 from .utils import NonFiniteLossError, evaluate, get_rng_state, read_weights, seed_everything, set_rng_state
 
 __all__ = ["train"]
+
+LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
 
 try:  # timm >= 1.0.? ; ModelEmaV2 on older releases (no decay warm-up)
     from timm.utils import ModelEmaV3 as _ModelEma
@@ -77,44 +83,77 @@ def _resolve(cfg: TrainConfig, data_config: dict, world_size: int) -> TrainConfi
     )
 
 
+@dataclass
+class Run:
+    """What a training run is made of, built once by :func:`set_up`."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    model: nn.Module
+    ddp_model: nn.Module  # what the loop calls: the model, wrapped by DDP and/or torch.compile
+    ema: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    mixup: Mixup | None
+    autocast: Callable[[], Any]
+    eval_autocast: Callable[[], Any] | None
+    memory_format: torch.memory_format
+    train_loader: Any
+    val_loader: Any
+    class_names: list[str]
+    data_config: dict[str, Any]
+    run_dir: Path
+    logger: RunLogger
+
+
+@dataclass
+class State:
+    """Where the run stands: what a checkpoint saves and a resumed run starts from."""
+
+    epoch: int = 0
+    batch: int = 0  # first batch of ``epoch`` still to train
+    step: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
+    epoch_sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0.0, "skipped": 0.0})
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's row
+    elapsed_before: float = 0.0  # seconds trained before this process (resumed runs)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary also written to ``summary.json``. Raises on failure."""
     t0 = time.perf_counter()
-    dist = init_distributed(cfg.device, cfg.dist_timeout)
-    device, main, world = dist.device, dist.is_main, dist.world_size
-    say = print if main else (lambda *a, **k: None)
+    run, state = set_up(cfg, init_distributed(cfg.device, cfg.dist_timeout))
+    for epoch in range(state.epoch, run.cfg.epochs):
+        t_epoch = time.perf_counter()
+        train_one_epoch(run, state, epoch, t0)
+        end_epoch(run, state, epoch, t0, t_epoch)
+    summary = finish(run, state, t0)
+    # On the success path only: after an error a rank exits non-zero at once, since the others may never reach
+    # cleanup_distributed's barrier (they fail in their next collective instead).
+    cleanup_distributed()
+    return summary
+
+
+def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
+    """Data, model (same initial weights on every rank), EMA, optimiser, schedule, loss, run directory; the state
+    of the checkpoint resumed from, if any (its config is the run's config; flags given now override it)."""
+    device, world = dist.device, dist.world_size
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
-
-    # ---- resume: the checkpoint's config is the run's config; flags given now override it
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
 
-    # ---- data
     cfg = dataclasses.replace(cfg, in_chans=cfg.in_chans or (1 if is_fashion_mnist(cfg.data) else 3))
     train_set, class_names = open_dataset(cfg.data, cfg.train_split, cfg.in_chans, cfg.data_dir, cfg.train_limit)
     val_set, val_classes = open_dataset(cfg.data, cfg.val_split, cfg.in_chans, cfg.data_dir, cfg.val_limit)
     if val_classes != class_names:
         raise ValueError(f"--data {cfg.data}: {cfg.val_split}/ classes {val_classes} differ from {class_names}")
-
-    # ---- model (same initial weights on every rank), EMA, optimiser, schedule, loss
-    torch.manual_seed(cfg.seed)
-    model = timm.create_model(
-        cfg.model,
-        pretrained=cfg.pretrained,
-        num_classes=len(class_names),
-        in_chans=cfg.in_chans,
-        drop_rate=cfg.drop,
-        drop_path_rate=cfg.drop_path,
-        **cfg.model_kwargs,
-    )
-    if cfg.initial_checkpoint:
-        model.load_state_dict(read_weights(cfg.initial_checkpoint)[0])
+    model = _create_model(cfg, len(class_names))
     data_config = resolve_data_config(cfg, model)
     cfg = _resolve(cfg, data_config, world)
-    train_loader, val_loader = create_loaders(
-        cfg, data_config, train_set, val_set, dist.rank, world, pin_memory=device.type == "cuda"
-    )
+    loaders = create_loaders(cfg, data_config, train_set, val_set, dist.rank, world, pin_memory=device.type == "cuda")
     if cfg.sync_bn and world > 1:
         if device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on CPU)")
@@ -123,7 +162,82 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device=device, memory_format=memory_format)
     ema = _create_ema(model, cfg, device) if cfg.model_ema else None
     seed_everything(cfg.seed + dist.rank)
+    optimizer, scheduler = _create_optimizer(cfg, model, len(loaders[0]))
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.amp_dtype]
+    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
+    state = State() if ckpt is None else _resume(ckpt, dist, model, ema, optimizer, scheduler, scaler)
+    ddp_model = model
+    if world > 1:
+        # gradients as views of DDP's buckets: no copy, and no stride mismatch with channels-last weights
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+        )
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    run_dir = _run_dir(cfg)
+    logger = RunLogger(
+        run_dir,
+        enabled=dist.is_main,
+        resume_epoch=state.epoch + 1 if ckpt is not None else None,  # CSV epochs count from 1
+        purge_step=state.step if ckpt is not None else None,
+    )
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    mixup, loss_fn = _mixup_and_loss(cfg, len(class_names))
+    run = Run(
+        cfg=cfg,
+        dist=dist,
+        model=model,
+        ddp_model=ddp_model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loss_fn=loss_fn,
+        mixup=mixup,
+        autocast=autocast,
+        eval_autocast=autocast if use_amp else None,
+        memory_format=memory_format,
+        train_loader=loaders[0],
+        val_loader=loaders[1],
+        class_names=class_names,
+        data_config=data_config,
+        run_dir=run_dir,
+        logger=logger,
+    )
+    _say(
+        run,
+        f"fcvit train: {cfg.model} ({count_params(model) / 1e6:.2f}M params, in_chans {cfg.in_chans}, "
+        f"{data_config['input_size'][-1]} px) on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
+        f"{len(class_names)} classes; {world} process(es) on {device}, global batch {cfg.batch_size * world}, "
+        f"lr {cfg.lr:.3g}; run dir {run_dir}"
+        + (f"; resumed at epoch {state.epoch + 1} batch {state.batch}" if ckpt else ""),
+    )
+    return run, state
+
+
+def _create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The model, seeded so that every rank starts from the same weights, optimised unless ``--no-optimize``."""
+    torch.manual_seed(cfg.seed)
+    model = timm.create_model(
+        cfg.model,
+        pretrained=cfg.pretrained,
+        num_classes=num_classes,
+        in_chans=cfg.in_chans,
+        drop_rate=cfg.drop,
+        drop_path_rate=cfg.drop_path,
+        **cfg.model_kwargs,
+    )
+    if cfg.initial_checkpoint:
+        model.load_state_dict(read_weights(cfg.initial_checkpoint)[0])
+    return optimize(model, "auto" if cfg.optimize else None)
+
+
+def _create_optimizer(cfg: TrainConfig, model: nn.Module, updates_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+    """timm's optimiser (no weight decay on 1-D parameters) and its per-step scheduler."""
     opt_kwargs = {} if cfg.opt_eps is None else {"eps": cfg.opt_eps}
     if cfg.opt.lower() in ("adam", "adamw"):  # timm hands these to torch.optim, whose fused kernel (CPU and CUDA)
         opt_kwargs["fused"] = True  # updates every tensor in one call: ~5x faster than its per-tensor loop on CPU
@@ -136,13 +250,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         warmup_lr=cfg.warmup_lr,
         min_lr=cfg.min_lr,
         step_on_epochs=False,
-        updates_per_epoch=len(train_loader),
+        updates_per_epoch=updates_per_epoch,
     )
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.amp_dtype]
-    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-    mixup = None
+    return optimizer, scheduler
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    """The checkpoint's directory for a resumed run, else ``--output/--experiment`` (one name for all ranks)."""
+    if cfg.resume:
+        return Path(cfg.resume).parent
+    name = cfg.experiment or f"{cfg.model}-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.output) / broadcast_object(name)
+
+
+def _mixup_and_loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
+    """timm's Mixup/CutMix (if asked) and the loss that goes with it."""
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(
             mixup_alpha=cfg.mixup,
@@ -151,211 +273,205 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             switch_prob=cfg.mixup_switch_prob,
             mode=cfg.mixup_mode,
             label_smoothing=cfg.smoothing,
-            num_classes=len(class_names),
+            num_classes=num_classes,
         )
-        loss_fn = SoftTargetCrossEntropy()  # mixup already smooths the targets
-    elif cfg.smoothing > 0:
-        loss_fn = LabelSmoothingCrossEntropy(cfg.smoothing)
-    else:
-        loss_fn = nn.CrossEntropyLoss()
+        return mixup, SoftTargetCrossEntropy()  # mixup already smooths the targets
+    if cfg.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(cfg.smoothing)
+    return None, nn.CrossEntropyLoss()
 
-    # ---- state to resume from
-    start_epoch, start_batch, step, elapsed_before = 0, 0, 0, 0.0
-    best = {"top1": -1.0, "epoch": -1}
-    epoch_sums = {"loss": 0.0, "n": 0.0, "skipped": 0.0}
-    last_metrics: dict[str, float] = {}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if ema is not None and ckpt.get("model_ema") is not None:
-            ema.module.load_state_dict(ckpt["model_ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
-        best, last_metrics, elapsed_before = ckpt["best"], ckpt["metrics"], ckpt["elapsed_s"]
-        rng, sums = ckpt["rng"], ckpt["epoch_sums"]  # one entry per rank of the saving run
-        same_layout = len(rng) == world
-        set_rng_state(rng[dist.rank] if same_layout else rng[0])
-        if same_layout:
-            epoch_sums = sums[dist.rank]
-        elif main:  # another number of processes: rank 0 carries the whole partial epoch
-            epoch_sums = {k: sum(s[k] for s in sums) for k in epoch_sums}
-    ddp_model = model
-    if world > 1:
-        # gradients as views of DDP's buckets: no copy, and no stride mismatch with channels-last weights
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
-        )
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
 
-    # ---- run directory
-    if cfg.resume:  # a resumed run continues where its checkpoint lies
-        run_dir = Path(cfg.resume).parent
-    else:
-        name = cfg.experiment or f"{cfg.model}-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(cfg.output) / broadcast_object(name)
-    last_path, best_path = run_dir / "checkpoint-last.pth", run_dir / "checkpoint-best.pth"
-    logger = RunLogger(
-        run_dir,
-        enabled=main,
-        resume_epoch=start_epoch + 1 if ckpt is not None else None,  # CSV epochs count from 1
-        purge_step=step if ckpt is not None else None,
+def _resume(ckpt: dict, dist: DistInfo, model, ema, optimizer, scheduler, scaler) -> State:
+    """Load every piece of the run from ``ckpt``; each rank takes back its own RNG state and partial-epoch sums."""
+    model.load_state_dict(ckpt["model"])
+    if ema is not None and ckpt.get("model_ema") is not None:
+        ema.module.load_state_dict(ckpt["model_ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    state = State(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best"], metrics=ckpt["metrics"])
+    state.elapsed_before = ckpt["elapsed_s"]
+    rng, sums = ckpt["rng"], ckpt["epoch_sums"]  # one entry per rank of the saving run
+    same_layout = len(rng) == dist.world_size
+    set_rng_state(rng[dist.rank] if same_layout else rng[0])
+    if same_layout:
+        state.epoch_sums = sums[dist.rank]
+    elif dist.is_main:  # another number of processes: rank 0 carries the whole partial epoch
+        state.epoch_sums = {k: sum(s[k] for s in sums) for k in state.epoch_sums}
+    return state
+
+
+def _say(run: Run, text: str) -> None:
+    if run.dist.is_main:
+        print(text, flush=True)
+
+
+def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
+    """Forward, loss, NaN check, backward, clip, step, EMA, schedule per batch; a checkpoint every N steps."""
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
+    device, world = run.dist.device, run.dist.world_size
+    model.train()
+    progress = Progress(
+        len(run.train_loader),
+        f"epoch {epoch + 1}/{cfg.epochs}",
+        run.dist.is_main,
+        cfg.log_interval,
+        initial=state.batch,
     )
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-    say(
-        f"fcvit train: {cfg.model} ({count_params(model) / 1e6:.2f}M params, in_chans {cfg.in_chans}, "
-        f"{data_config['input_size'][-1]} px) on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
-        f"{len(class_names)} classes; {world} process(es) on {device}, global batch {cfg.batch_size * world}, "
-        f"lr {cfg.lr:.3g}; run dir {run_dir}"
-        + (f"; resumed at epoch {start_epoch + 1} batch {start_batch}" if ckpt else ""),
-        flush=True,
+    for batch, (images, targets, skipped) in enumerate(run.train_loader.batches(epoch, state.batch), state.batch):
+        state.epoch_sums["skipped"] += skipped
+        if len(targets) == 0:
+            continue
+        images = images.to(device, non_blocking=True).contiguous(memory_format=run.memory_format)
+        targets = targets.to(device, non_blocking=True)
+        if run.mixup is not None:
+            if len(targets) % 2:  # mixup pairs images: drop one left odd by skipped images
+                images, targets = images[:-1], targets[:-1]
+            images, targets = run.mixup(images, targets)
+        with run.autocast():
+            loss = run.loss_fn(run.ddp_model(images), targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {epoch + 1}, batch {batch + 1} (step {state.step + 1}): training "
+                f"stopped before this step changed the weights. The last good checkpoint, "
+                f"{run.run_dir / LAST}, is untouched; resume from it with a lower --lr, --clip-grad or --no-amp."
+            )
+        run.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            run.scaler.unscale_(optimizer)
+            dispatch_clip_grad(model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        if run.ema is not None:
+            run.ema.update(model, step=state.step)
+        run.scheduler.step_update(num_updates=state.step)
+
+        lr = optimizer.param_groups[0]["lr"]
+        state.epoch_sums["loss"] += loss_value * len(targets)
+        state.epoch_sums["n"] += len(targets)
+        progress.update(len(targets) * world, loss=loss_value, lr=lr)
+        if state.step % cfg.log_interval == 0:
+            run.logger.log_scalars(state.step, {"train/loss": loss_value, "train/lr": lr})
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and batch + 1 < len(run.train_loader):
+            state.epoch, state.batch = epoch, batch + 1
+            save(run, state, run.run_dir / LAST, t0)
+    progress.close()
+    state.batch = 0
+
+
+def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> None:
+    """Validate (model and EMA), log, save ``checkpoint-last.pth`` and, on a new best, ``checkpoint-best.pth``."""
+    broadcast_buffers(run.model)
+    train_sums = all_reduce_sum(state.epoch_sums, run.dist.device)
+    evaluate_on = partial(
+        evaluate,
+        loader=run.val_loader,
+        device=run.dist.device,
+        autocast=run.eval_autocast,
+        channels_last=run.cfg.channels_last,
     )
-
-    def save(path: Path, epoch: int, batch: int) -> None:
-        """Checkpoint for resuming at ``batch`` of ``epoch`` (collective: every rank adds its RNG and sums)."""
-        rng, sums = gather_objects(get_rng_state()), gather_objects(dict(epoch_sums))
-        broadcast_buffers(model)
-        if ema is not None:
-            broadcast_buffers(ema.module)
-        if not main:
-            return
-        state = {
-            "model": model.state_dict(),
-            "model_ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "batch": batch,
-            "step": step,
-            "best": best,
-            "epoch_sums": sums,
-            "metrics": last_metrics,
-            "elapsed_s": elapsed_before + time.perf_counter() - t0,
-            "rng": rng,
-            "config": cfg.to_dict(),
-            "model_name": cfg.model,
-            "model_kwargs": cfg.model_kwargs,
-            "num_classes": len(class_names),
-            "class_names": class_names,
-            "data_config": data_config,
-        }
-        save_checkpoint(state, path)
-
-    # ---- the loop
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        model.train()
-        progress = Progress(
-            len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}", main, cfg.log_interval, initial=start_batch
+    metrics = evaluate_on(run.model)
+    row = {"train_loss": train_sums["loss"] / max(train_sums["n"], 1), "lr": run.optimizer.param_groups[0]["lr"]}
+    row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "top5")})
+    score = metrics["top1"]
+    if run.ema is not None:
+        broadcast_buffers(run.ema.module)
+        ema_metrics = evaluate(
+            run.ema.module, run.val_loader, run.dist.device, run.eval_autocast, run.cfg.channels_last
         )
-        for batch, (images, targets, skipped) in enumerate(train_loader.batches(epoch, start_batch), start_batch):
-            epoch_sums["skipped"] += skipped
-            if len(targets) == 0:
-                continue
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            targets = targets.to(device, non_blocking=True)
-            if mixup is not None:
-                if len(targets) % 2:  # mixup pairs images: drop one left odd by skipped images
-                    images, targets = images[:-1], targets[:-1]
-                images, targets = mixup(images, targets)
-            with autocast():
-                loss = loss_fn(ddp_model(images), targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"loss is {loss_value} at epoch {epoch + 1}, batch {batch + 1} (step {step + 1}): training "
-                    f"stopped before this step changed the weights. The last good checkpoint, {last_path}, is "
-                    "untouched; resume from it with a lower --lr, --clip-grad or --no-amp."
-                )
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if ema is not None:
-                ema.update(model, step=step)
-            scheduler.step_update(num_updates=step)
+        row.update({f"val_{k}_ema": ema_metrics[k] for k in ("loss", "top1", "top5")})
+        score = ema_metrics["top1"]  # as timm: with EMA on, the EMA weights are the ones selected
+    row.update(
+        skipped_images=int(train_sums["skipped"] + metrics["skipped"]), epoch_time_s=time.perf_counter() - t_epoch
+    )
+    state.metrics = row
+    is_best = score > state.best["top1"]
+    if is_best:
+        state.best = {"top1": score, "epoch": epoch + 1}
+    run.logger.log_epoch(epoch + 1, row, state.step)
+    _say(
+        run,
+        f"epoch {epoch + 1}/{run.cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+        f"top-1 {row['val_top1']:.2f}%, top-5 {row['val_top5']:.2f}%"
+        + (f", EMA top-1 {row['val_top1_ema']:.2f}%" if run.ema is not None else "")
+        + (f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else "")
+        + f" ({format_duration(row['epoch_time_s'])})",
+    )
+    state.epoch_sums = {"loss": 0.0, "n": 0.0, "skipped": 0.0}
+    state.epoch, state.batch = epoch + 1, 0
+    save(run, state, run.run_dir / LAST, t0)
+    if is_best:
+        save(run, state, run.run_dir / BEST, t0)
 
-            lr = optimizer.param_groups[0]["lr"]
-            epoch_sums["loss"] += loss_value * len(targets)
-            epoch_sums["n"] += len(targets)
-            progress.update(len(targets) * world, loss=loss_value, lr=lr)
-            if step % cfg.log_interval == 0:
-                logger.log_scalars(step, {"train/loss": loss_value, "train/lr": lr})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and batch + 1 < len(train_loader):
-                save(last_path, epoch, batch + 1)
-        progress.close()
-        start_batch = 0
 
-        # ---- end of epoch: validate, log, checkpoint
-        broadcast_buffers(model)
-        train_sums = all_reduce_sum(epoch_sums, device)
-        metrics = evaluate(model, val_loader, device, autocast if use_amp else None, cfg.channels_last)
-        row = {"train_loss": train_sums["loss"] / max(train_sums["n"], 1), "lr": optimizer.param_groups[0]["lr"]}
-        row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "top5")})
-        score = metrics["top1"]
-        if ema is not None:
-            broadcast_buffers(ema.module)
-            ema_metrics = evaluate(ema.module, val_loader, device, autocast if use_amp else None, cfg.channels_last)
-            row.update({f"val_{k}_ema": ema_metrics[k] for k in ("loss", "top1", "top5")})
-            score = ema_metrics["top1"]  # as timm: with EMA on, the EMA weights are the ones selected
-        row.update(
-            skipped_images=int(train_sums["skipped"] + metrics["skipped"]), epoch_time_s=time.perf_counter() - t_epoch
-        )
-        last_metrics = row
-        is_best = score > best["top1"]
-        if is_best:
-            best = {"top1": score, "epoch": epoch + 1}
-        logger.log_epoch(epoch + 1, row, step)
-        say(
-            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-            f"top-1 {row['val_top1']:.2f}%, top-5 {row['val_top5']:.2f}%"
-            + (f", EMA top-1 {row['val_top1_ema']:.2f}%" if ema is not None else "")
-            + (f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else "")
-            + f" ({format_duration(row['epoch_time_s'])})",
-            flush=True,
-        )
-        epoch_sums = {"loss": 0.0, "n": 0.0, "skipped": 0.0}
-        save(last_path, epoch + 1, 0)
-        if is_best:
-            save(best_path, epoch + 1, 0)
+def save(run: Run, state: State, path: Path, t0: float) -> None:
+    """Checkpoint for resuming at ``state.batch`` of ``state.epoch`` (collective: every rank adds its RNG state
+    and partial-epoch sums)."""
+    rng, sums = gather_objects(get_rng_state()), gather_objects(dict(state.epoch_sums))
+    broadcast_buffers(run.model)
+    if run.ema is not None:
+        broadcast_buffers(run.ema.module)
+    if not run.dist.is_main:
+        return
+    cfg = run.cfg
+    checkpoint = {
+        "model": run.model.state_dict(),
+        "model_ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": state.epoch,
+        "batch": state.batch,
+        "step": state.step,
+        "best": state.best,
+        "epoch_sums": sums,
+        "metrics": state.metrics,
+        "elapsed_s": state.elapsed_before + time.perf_counter() - t0,
+        "rng": rng,
+        "config": cfg.to_dict(),
+        "model_name": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "num_classes": len(run.class_names),
+        "class_names": run.class_names,
+        "data_config": run.data_config,
+    }
+    save_checkpoint(checkpoint, path)
 
-    # ---- summary
+
+def finish(run: Run, state: State, t0: float) -> dict[str, Any]:
+    """The summary (``summary.json``), the curves, and the closing line."""
+    cfg, last = run.cfg, state.metrics
     summary = {
         "model": cfg.model,
         "data": cfg.data,
-        "top1": last_metrics.get("val_top1"),
-        "top5": last_metrics.get("val_top5"),
-        "loss": last_metrics.get("val_loss"),
-        "best_top1": best["top1"],
-        "best_epoch": best["epoch"],
+        "top1": last.get("val_top1"),
+        "top5": last.get("val_top5"),
+        "loss": last.get("val_loss"),
+        "best_top1": state.best["top1"],
+        "best_epoch": state.best["epoch"],
         "epochs": cfg.epochs,
-        "steps": step,
-        "world_size": world,
-        "params_m": round(count_params(model) / 1e6, 3),
-        "wall_time_s": round(elapsed_before + time.perf_counter() - t0, 1),
-        "run_dir": str(run_dir),
+        "steps": state.step,
+        "world_size": run.dist.world_size,
+        "params_m": round(count_params(run.model) / 1e6, 3),
+        "wall_time_s": round(state.elapsed_before + time.perf_counter() - t0, 1),
+        "run_dir": str(run.run_dir),
     }
-    if ema is not None:
-        summary.update(top1_ema=last_metrics.get("val_top1_ema"), top5_ema=last_metrics.get("val_top5_ema"))
-    logger.finish(
+    if run.ema is not None:
+        summary.update(top1_ema=last.get("val_top1_ema"), top5_ema=last.get("val_top5_ema"))
+    run.logger.finish(
         summary,
         panels={
             "loss": ["train_loss", "val_loss", "val_loss_ema"],
             "top-1 accuracy (%)": ["val_top1", "val_top1_ema"],
         },
     )
-    say(
+    _say(
+        run,
         f"done in {format_duration(summary['wall_time_s'])}: top-1 {summary['top1']:.2f}%"
-        + (f" (EMA {summary['top1_ema']:.2f}%)" if ema is not None else "")
-        + f", best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']}; {run_dir}",
-        flush=True,
+        + (f" (EMA {summary['top1_ema']:.2f}%)" if run.ema is not None else "")
+        + f", best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']}; {run.run_dir}",
     )
-    cleanup_distributed()
     return summary

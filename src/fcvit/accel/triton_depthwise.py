@@ -13,7 +13,7 @@ channels_last ([B, H, W, C] in memory) maps, so each load is a run of contiguous
   slices' partial sums are added by ``torch.sum``.
 
 Every result equals ``F.conv2d``'s up to float rounding (tests run the kernels in Triton's interpreter on CPU,
-and on a GPU where there is one). The layer uses them only when asked (:func:`fcvit.layers.fast.set_triton`,
+and on a GPU where there is one). The layers use them only when asked (``fcvit.optimize(model, backend="triton")``,
 ``fcvit bench NAME:triton``) until they are measured against cuDNN on a GPU (docs/benchmarks.md).
 """
 
