@@ -37,6 +37,15 @@ def coordinate_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor
     return torch.stack([loc_w.expand(height, width), loc_h.expand(height, width)]).unsqueeze(0)
 
 
+def shift_kernels(out_channels: int, k: int) -> torch.Tensor:
+    """ACmix's initial grouped-conv weight [out_channels, k * k, k, k]: input map i of every group is a one-hot
+    kernel at tap (i // k, i % k), so the conv shifts each of the k * k maps by its tap and sums them."""
+    shift = torch.zeros(k * k, k, k)
+    for i in range(k * k):
+        shift[i, i // k, i % k] = 1.0
+    return shift.expand(out_channels, k * k, k, k).clone()
+
+
 @register_notrace_module  # checks map sizes: a leaf for FX tracing
 class ACmix(nn.Module):
     """ACmix module (official signature): 1x1 q/k/v projections shared by window attention and a shift conv.
@@ -99,12 +108,8 @@ class ACmix(nn.Module):
         """Rates 0.5; ``dep_conv`` as shift kernels: input map i of every group shifts by tap (i // k, i % k)."""
         nn.init.constant_(self.rate1, 0.5)
         nn.init.constant_(self.rate2, 0.5)
-        k = self.kernel_conv
-        shift = torch.zeros(k * k, k, k)
-        for i in range(k * k):
-            shift[i, i // k, i % k] = 1.0
         with torch.no_grad():
-            self.dep_conv.weight.copy_(shift.expand(self.out_planes, k * k, k, k))
+            self.dep_conv.weight.copy_(shift_kernels(self.out_planes, self.kernel_conv))
 
     def _windows(self, t: torch.Tensor) -> torch.Tensor:
         """Reflection-padded ``k_att x k_att`` windows at the strided query positions: [N, C, k_att^2, L]."""

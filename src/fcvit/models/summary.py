@@ -18,7 +18,9 @@ def model_table(pattern: str = "*", img_size: int = 224) -> list[dict]:
     for name in list_models():
         if not fnmatch.fnmatch(name, pattern):
             continue
-        model = timm.create_model(name)
+        # models that fix their input size at creation (Swin's masks) are built for the counted size
+        fixed = getattr(timm.get_pretrained_cfg(name), "fixed_input_size", False)
+        model = timm.create_model(name, **(dict(img_size=img_size) if fixed else {}))
         paper = paper_figures(name)
         rows.append(
             dict(
