@@ -1,19 +1,24 @@
-"""ACmix: equality with the official module, strides, channel changes, devices, initialisation."""
+"""ACmix: equality with the official module, strides, channel changes, devices, initialisation, any map size."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
-from mixers_utils import assert_gradient_reaches_every_parameter
+import torch.nn.functional as F
+from mixers_utils import assert_gradient_reaches_every_parameter, check_gradients
 from timm.utils import AttentionExtract
 
 import fcvit
 from fcvit.layers import ACmix, create_token_mixer
+from fcvit.layers.acmix import reflect_pad
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_acmix_random.pt"
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +123,6 @@ def test_bad_inputs_are_named():
     m = ACmix(8, 8, head=2)
     with pytest.raises(ValueError, match=r"ACmix expects an input of shape \[B, 8, H, W\]"):
         m(torch.randn(1, 4, 8, 8))
-    with pytest.raises(ValueError, match="reflection padding of 3"):
-        m(torch.randn(1, 8, 3, 8))
     with pytest.raises(ValueError, match="does not split"):
         ACmix(8, 10, head=4)
     with pytest.raises(ValueError, match="must be odd"):
@@ -136,3 +139,53 @@ def test_token_mixer_and_attention_capture():
     first = maps["stages.0.blocks.0.token_mixer.attn_drop"]
     assert first.shape == (1, 1, 32 * 32, 49)  # [B, heads, H * W, kernel_att ** 2]
     torch.testing.assert_close(first.sum(-1), torch.ones(1, 1, 32 * 32))
+
+
+def test_reflect_pad_matches_numpy_at_every_size():
+    """Repeated reflection as numpy's mode="reflect", for maps of 1..8 rows/columns and paddings 0..5."""
+    for height in range(1, 9):
+        width = 9 - height  # every width too, against every height
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        for pad in range(6):
+            expected = np.pad(x.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+            got = reflect_pad(x, pad)
+            assert got.shape == expected.shape
+            assert np.array_equal(got.numpy(), expected), f"{height}x{width} map, pad {pad}"
+
+
+def test_reflect_pad_equals_torch_where_torch_defines_it():
+    """Where F.pad(mode="reflect") is defined (pad < H, W), as the official module pads, the results are equal."""
+    for height, width, pad in [(4, 4, 3), (5, 7, 3), (2, 9, 1), (8, 6, 5)]:
+        x = torch.randn(1, 2, height, width)
+        assert torch.equal(reflect_pad(x, pad), F.pad(x, [pad] * 4, mode="reflect"))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (4, 4), (2, 3), (4, 1)])
+def test_maps_not_larger_than_the_padding(size, stride):
+    """Maps of 1x1..4x4 (7x7 window, padding 3) run, with ceil(H / stride) outputs and gradients everywhere."""
+    m = ACmix(8, 8, kernel_att=7, head=2, stride=stride)
+    x = torch.randn(2, 8, *size)
+    y = m(x)
+    assert y.shape == (2, 8, -(-size[0] // stride), -(-size[1] // stride))
+    assert torch.isfinite(y).all()
+    if min(size) > 1:
+        assert_gradient_reaches_every_parameter(m, x)
+
+
+def test_one_pixel_map_attends_to_itself():
+    """On a 1x1 map every window position is the pixel itself (position term 0): attention returns v."""
+    m = ACmix(8, 8, kernel_att=7, head=2)
+    x = torch.randn(3, 8, 1, 1)
+    with torch.no_grad():
+        q, k, v = m.conv1(x), m.conv2(x), m.conv3(x)
+        torch.testing.assert_close(m.attention(q, k, v), v)
+
+
+def test_fcvit_frame_acmix_model_at_28_px():
+    """test_acmix (maps 7, 4, 2, 1 in its four stages) trains at 28 px."""
+    model = timm.create_model("test_acmix", num_classes=3)
+    loss = F.cross_entropy(model(torch.randn(2, 3, 28, 28)), torch.tensor([0, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    check_gradients(model)

@@ -15,7 +15,9 @@ because neither timm nor torchvision offers ACmix. Departures from the official 
 official code fails: the coordinate grid is built on the input's device and dtype (the official one only
 on CUDA); the window unfold honours ``dilation`` (the official one pads for it but unfolds undilated, a
 shape error); the conv path pads ``kernel_conv // 2`` (the official pads 1, a shape error unless
-``kernel_conv == 3``); odd map sizes with ``stride > 1`` give ``ceil(H / stride)`` outputs on both paths.
+``kernel_conv == 3``); odd map sizes with ``stride > 1`` give ``ceil(H / stride)`` outputs on both paths;
+maps not larger than the window's padding, where ``F.pad(mode="reflect")`` is undefined, are extended by
+repeated reflection (:func:`reflect_pad`), so ACmix runs at any map size.
 """
 
 from __future__ import annotations
@@ -46,7 +48,29 @@ def shift_kernels(out_channels: int, k: int) -> torch.Tensor:
     return shift.expand(out_channels, k * k, k, k).clone()
 
 
-@register_notrace_module  # checks map sizes: a leaf for FX tracing
+def reflect_indices(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Source index of each position of an axis of ``size`` samples extended by ``pad`` on both sides.
+
+    Repeated reflection about the end samples (numpy's ``np.pad(mode="reflect")``): the axis read back and
+    forth with period ``2 * (size - 1)``, so a pad of any width is defined; a single sample repeats.
+    """
+    idx = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx < size, idx, period - idx)
+
+
+def reflect_pad(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """``t`` [..., H, W] padded by ``pad`` on each side by reflection: ``F.pad(t, [pad] * 4, mode="reflect")``
+    where that is defined (``pad < H, W``), repeated reflection beyond (numpy's ``mode="reflect"``)."""
+    rows = reflect_indices(t.shape[-2], pad, t.device)
+    cols = reflect_indices(t.shape[-1], pad, t.device)
+    return t.index_select(-2, rows).index_select(-1, cols)
+
+
+@register_notrace_module  # builds its position grid from the map size: a leaf for FX tracing
 class ACmix(nn.Module):
     """ACmix module (official signature): 1x1 q/k/v projections shared by window attention and a shift conv.
 
@@ -113,9 +137,9 @@ class ACmix(nn.Module):
 
     def _windows(self, t: torch.Tensor) -> torch.Tensor:
         """Reflection-padded ``k_att x k_att`` windows at the strided query positions: [N, C, k_att^2, L]."""
-        padded = F.pad(t, [self.padding_att] * 4, mode="reflect")
+        padded = reflect_pad(t, self.padding_att)
         cols = F.unfold(padded, self.kernel_att, dilation=self.dilation, stride=self.stride)
-        return cols.view(t.shape[0], t.shape[1], self.kernel_att**2, -1)
+        return cols.view(t.shape[0], t.shape[1], self.kernel_att * self.kernel_att, -1)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Window attention path on projected maps [B, out_planes, H, W] -> [B, out_planes, H_out, W_out]."""
@@ -124,8 +148,8 @@ class ACmix(nn.Module):
         H_out, W_out = -(-H // s), -(-W // s)
         pe = self.conv_p(coordinate_grid(H, W, q))  # [1, d, H, W]
         q = (q * d**-0.5)[:, :, ::s, ::s].reshape(B, heads, d, H_out * W_out)
-        k = self._windows(k.reshape(B * heads, d, H, W)).view(B, heads, d, self.kernel_att**2, -1)
-        v = self._windows(v.reshape(B * heads, d, H, W)).view(B, heads, d, self.kernel_att**2, -1)
+        k = self._windows(k.reshape(B * heads, d, H, W)).unflatten(0, [B, heads])
+        v = self._windows(v.reshape(B * heads, d, H, W)).unflatten(0, [B, heads])
         # position of each query relative to its window keys, pe(query) - pe(key): [1, 1, d, k_att^2, L]
         rel = pe[:, :, ::s, ::s].reshape(1, d, 1, -1) - self._windows(pe)
         # logits[b, h, n, m] = q_n . (k_m + pe_n - pe_m)
@@ -139,16 +163,11 @@ class ACmix(nn.Module):
         # fc mixes the 3 * head projections of each head-channel into k_conv^2 maps: [B, k_conv^2, d, H*W]
         f = self.fc(torch.cat(per_head, dim=1))
         # regroup per head-channel (the groups of dep_conv): [B, d * k_conv^2, H, W]
-        f = f.permute(0, 2, 1, 3).reshape(B, self.head_dim * self.kernel_conv**2, H, W)
+        f = f.permute(0, 2, 1, 3).reshape(B, self.head_dim * self.kernel_conv * self.kernel_conv, H, W)
         return self.dep_conv(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.in_planes, "ACmix")
-        if min(x.shape[-2:]) <= self.padding_att:
-            raise ValueError(
-                f"ACmix: reflection padding of {self.padding_att} needs maps larger than "
-                f"{self.padding_att}x{self.padding_att}, got {x.shape[-2]}x{x.shape[-1]}"
-            )
         q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
         # F_out = alpha * F_att + beta * F_conv
         return self.rate1 * self.attention(q, k, v) + self.rate2 * self.convolution(q, k, v)

@@ -23,7 +23,6 @@ convolution path always runs on the unpadded map, as in the official code.
 """
 
 import re
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -43,29 +42,12 @@ from timm.models.swin_transformer import checkpoint_filter_fn as swin_checkpoint
 from torch import nn
 
 from ..layers.acmix import shift_kernels
+from ._checkpoints import check_tensor_shapes
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["AcmixWindowAttention", "AcmixSwinBlock", "AcmixSwinTransformer", "checkpoint_filter_fn"]
 
 KERNEL_CONV = 3  # the convolution path's kernel side (fixed in the official code)
-
-
-class ReleaseConfig:
-    """Inert stand-in for a config object pickled in a release checkpoint (yacs' ``CfgNode``).
-
-    ``torch.load(weights_only=True)`` creates it through ``__new__``, which hands back a plain ``OrderedDict``:
-    the config's entries land in the dict, its attributes (yacs' flags) in the dict's ``__dict__``, and no code
-    of the original class is imported or run.
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:
-        return OrderedDict()
-
-
-# The official Swin training script saves its yacs config with the weights. Registering the name (not the class)
-# lets every weights_only load, timm's included, read such files without yacs being installed.
-RELEASE_CONFIG_CLASS = "yacs.config.CfgNode"
-torch.serialization.add_safe_globals([(ReleaseConfig, RELEASE_CONFIG_CLASS)])
 
 
 class AcmixWindowAttention(WindowAttention):
@@ -312,12 +294,7 @@ def check_architecture(state_dict: dict[str, torch.Tensor], model: AcmixSwinTran
             f"{_variant_name(*own_arch)} (embed_dim {own_arch[0]}, depths {list(own_arch[1])}): "
             f"create the model that matches the checkpoint"
         )
-    own = model.state_dict()
-    for k, v in state_dict.items():
-        if k in own and own[k].shape != v.shape:
-            raise ValueError(
-                f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model expects {list(own[k].shape)}"
-            )
+    check_tensor_shapes(state_dict, model)
     if arch is not None and not any(k.endswith(".attn.rate1") for k in state_dict):
         raise ValueError("checkpoint has no ACmix tensors (attn.fc, attn.dep_conv, attn.rate1/2): a plain Swin?")
 

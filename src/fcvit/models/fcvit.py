@@ -27,6 +27,7 @@ from torch import nn
 
 from ..layers import ChannelMixer, MixerSettings, create_token_mixer
 from ..layers.checks import check_input
+from ._checkpoints import check_tensor_shapes
 from ._registry import register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
@@ -178,12 +179,7 @@ class _FCViTBase(nn.Module):
     @torch.jit.ignore
     def check_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Raise ``ValueError`` naming the first tensor of ``state_dict`` (our layout) whose shape does not fit."""
-        own = self.state_dict()
-        for k, v in state_dict.items():
-            if k in own and own[k].shape != v.shape:
-                raise ValueError(
-                    f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model expects {list(own[k].shape)}"
-                )
+        check_tensor_shapes(state_dict, self)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Accept the official layout as released (timm's checkpoint_path route applies no filter).

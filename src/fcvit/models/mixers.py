@@ -15,9 +15,6 @@ compare spatial modelling and nothing else. Three sizes per mixer:
 one of ``softmax``, ``none``, ``scaling``, ``scaling_relu``, ``ln``, ``ln_relu``. Attention mixers use the
 relative position bias (the paper's default for the depth-wise variant). ``mixer_kwargs`` given to
 ``timm.create_model`` update each stage's mixer settings, e.g. ``mixer_kwargs=dict(pos_embed="abs")``.
-
-ACmix needs maps larger than its reflection padding (3 for the 7x7 window): at least 128 px input for the
-hierarchical models (4x4 last stage) and 64 px for the isotropic one.
 """
 
 from __future__ import annotations
