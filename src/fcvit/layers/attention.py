@@ -82,14 +82,23 @@ def attention_activation(
     return out.relu() if activation.endswith("_relu") else out
 
 
-def depthwise_attention(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Depth-wise self-attention (Eq. 5), every query selecting every key: ``o_i = q_i * mean_j k_j + sum_j p_ij k_j``.
+def depthwise_attention(
+    q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor | None = None, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Depth-wise self-attention (Eq. 5) on dense keys: ``o_i = q_i * mean_{j in S_i} k_j + sum_{j in S_i} p_ij k_j``.
 
-    ``q``, ``k``: per-head queries and keys [..., N, d]; ``weights``: the relative position weights ``p`` [..., N, N]
-    (None: no position term). Shared by :class:`DepthwiseAttention2d` (global selection) and the ViT host of
-    :mod:`fcvit.models.dynconv`.
+    ``q``, ``k``: per-head queries and keys [..., N, d]; ``weights``: the relative position weights ``p``
+    [..., N, N] (None: no position term); ``valid`` (broadcast to [..., N, N]): the keys ``S_i`` each query
+    selects (None: all of them; Swin's shifted windows select the keys of the query's own region). Shared by
+    :class:`DepthwiseAttention2d` (global selection) and the hosts of :mod:`fcvit.models.dynconv`.
     """
-    out = q * k.mean(dim=-2, keepdim=True)
+    if valid is None:
+        out = q * k.mean(dim=-2, keepdim=True)
+    else:
+        selected = valid.to(q.dtype)
+        out = q * ((selected / selected.sum(-1, keepdim=True)) @ k)
+        if weights is not None:
+            weights = weights.masked_fill(~valid, 0.0)
     if weights is not None:
         out = out + weights @ k
     return out

@@ -1,6 +1,6 @@
 """Model families; importing this package registers every model with timm."""
 
-from . import mixers  # noqa: F401  (registers ACmix and attention models)
+from . import dynconv, mixers  # noqa: F401  (register the attention hosts, ACmix and attention models)
 from ._registry import list_models
 from .fcvit import (
     FCViT,
