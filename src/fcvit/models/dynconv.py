@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, trunc_normal_
+from timm.layers import Attention, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._manipulate import named_apply
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
@@ -86,6 +86,7 @@ class TokenRelativePositionBias(RelativePositionBias):
         return nn.functional.pad(self.forward(self.dy, self.dx), (n, 0, n, 0))
 
 
+@register_notrace_module  # shape checks and shape-driven selection: a leaf for FX tracing
 class DynamicAttention(Attention):
     """timm's ViT attention with its softmax replaced: ``o_i = act(q_i k^T / sqrt(d) + p_i) v`` (paper Table 2).
 
@@ -123,6 +124,7 @@ class DynamicAttention(Attention):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim)))
 
 
+@register_notrace_module  # shape checks and shape-driven selection: a leaf for FX tracing
 class DepthwiseAttention(Attention):
     """Depth-wise self-attention (paper section 4.3, Eq. 5) in a ViT block: ``o_i = q_i * mean_j k_j + p_i k``.
 
@@ -222,6 +224,7 @@ def _selected_keys(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else (mask == 0).unsqueeze(1)
 
 
+@register_notrace_module  # shape checks and shape-driven selection: a leaf for FX tracing
 class DynamicWindowAttention(_WindowSelection, WindowAttention):
     """timm's Swin window attention with its softmax replaced: ``act(q k^T / sqrt(d) + p) v`` per window.
 
@@ -268,6 +271,7 @@ class DynamicWindowAttention(_WindowSelection, WindowAttention):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, -1)))
 
 
+@register_notrace_module  # shape checks and shape-driven selection: a leaf for FX tracing
 class DepthwiseWindowAttention(_WindowSelection, WindowAttention):
     """Depth-wise self-attention (Eq. 5) in Swin's windows: ``o_i = q_i * mean_{S_i} k_j + sum_{S_i} p_ij k_j``
     with ``S_i`` the keys of the query's window (and, in shifted windows, of its region).
@@ -310,6 +314,7 @@ class DepthwiseWindowAttention(_WindowSelection, WindowAttention):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, -1)))
 
 
+@register_notrace_module  # shape checks and shape-driven selection: a leaf for FX tracing
 class AbsolutePosition(nn.Module):
     """Learned map [1, H, W, C] added to Swin's NHWC patch embedding (Swin's ``ape``).
 
