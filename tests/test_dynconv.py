@@ -280,3 +280,22 @@ def test_activations_of_a_deit_block_by_hand():
     per_block = 17 * 96 + 2 * 17 * 17 + 17 * 32 + 17 * 32 + 17 * 128 + 17 * 32
     expected = 16 * 32 + 2 * per_block + 10
     assert count_activations(timm.create_model("test_deit_attn_softmax"), (3, 32, 32)) * 1e6 == pytest.approx(expected)
+
+
+def test_models_table_has_activations_and_paper_rows(monkeypatch):
+    """``fcvit models``: measured activations beside the paper's, and a row per paper row of other arguments."""
+    from fcvit.models import _registry
+    from fcvit.models.summary import format_markdown, model_table
+
+    monkeypatch.setitem(_registry._PAPER_FIGURES, "test_deit_dwattn", dict(params_m=0.06, gmacs=0.1, macts=0.2))
+    monkeypatch.setitem(_registry._PAPER_VARIANTS, "test_deit_dwattn", [(dict(pos_embed="abs"), dict(macts=0.3))])
+    rows = model_table("test_deit_dwattn", img_size=32)
+    assert [(r["model"], r["kwargs"], r["paper_macts"]) for r in rows] == [
+        ("test_deit_dwattn", {}, 0.2),
+        ("test_deit_dwattn", {"pos_embed": "abs"}, 0.3),
+    ]
+    model = timm.create_model("test_deit_dwattn", pos_embed="abs")
+    assert rows[1]["macts"] == round(count_activations(model, (3, 32, 32)), 3)
+    table = format_markdown(rows, 32).splitlines()
+    assert "| MActs @32 |" in table[0] and "| paper MActs |" in table[0]
+    assert table[3].startswith("| test_deit_dwattn pos_embed=abs |") and table[3].endswith("| - | - | 0.3 | - |")
