@@ -83,6 +83,19 @@ def test_host_weights_load_into_every_mixer(name, pos_embed):
             assert "rel_pos" in key or "pos_embed" in key
 
 
+def test_pretrained_route_loads_host_weights(tmp_path):
+    """``pretrained=True`` (a file here, the hub for the .host_* tags): the filter runs, the load is strict."""
+    torch.manual_seed(0)
+    host = _timm_host("test_swin")
+    torch.save(host.state_dict(), tmp_path / "host.pth")
+    model = timm.create_model(
+        "test_swin_dwattn", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "host.pth"))
+    )
+    assert torch.equal(model.head.fc.weight, host.head.fc.weight)
+    qkv = host.layers[2].blocks[1].attn.qkv.weight
+    assert torch.equal(model.layers[2].blocks[1].attn.qk.weight, qkv[: 2 * qkv.shape[0] // 3])
+
+
 # --- every model trains, scripts, traces, gives features --------------------------------------------------------
 
 

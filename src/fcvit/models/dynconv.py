@@ -78,6 +78,7 @@ class TokenRelativePositionBias(RelativePositionBias):
         self.register_buffer("dx", xs[:, None] - xs[None], persistent=False)
 
     def token_bias(self, num_tokens: int) -> torch.Tensor:
+        """Bias [heads, N, N] for the ``num_tokens`` = prefix + patch tokens the model was made for."""
         n = self.num_prefix_tokens
         if num_tokens != n + self.dy.shape[0]:
             raise ValueError(
