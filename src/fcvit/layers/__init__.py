@@ -1,7 +1,13 @@
 """Building blocks: token mixers (spatial), channel mixers and the global context of FCViT."""
 
 from .acmix import ACmix
-from .attention import ATTENTION_ACTIVATIONS, Attention2d, DepthwiseAttention2d, attention_activation
+from .attention import (
+    ATTENTION_ACTIVATIONS,
+    Attention2d,
+    DepthwiseAttention2d,
+    attention_activation,
+    depthwise_attention,
+)
 from .channel_mixer import ChannelMixer
 from .depthwise import DepthwiseConv2d
 from .fcvit_mixer import FCViTMixer, MixerSettings, MixingRound, PointwiseMlp
@@ -14,6 +20,7 @@ __all__ = [
     "Attention2d",
     "DepthwiseAttention2d",
     "attention_activation",
+    "depthwise_attention",
     "ChannelMixer",
     "DepthwiseConv2d",
     "FCViTMixer",

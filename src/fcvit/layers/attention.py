@@ -42,30 +42,66 @@ ATTENTION_ACTIVATIONS = ("softmax", "none", "scaling", "scaling_relu", "ln", "ln
 POSITION_EMBEDDINGS = ("rel", "abs", "none")
 
 
+@torch.jit.ignore
+def check_activation(activation: str, owner: str = "attention") -> None:
+    """Raise a ValueError naming ``activation`` unless it is one of :data:`ATTENTION_ACTIVATIONS`."""
+    if activation not in ATTENTION_ACTIVATIONS:
+        raise ValueError(f"{owner}: unknown activation {activation!r}; choose from {ATTENTION_ACTIVATIONS}")
+
+
 def attention_activation(
     logits: torch.Tensor, activation: str, valid: torch.Tensor | None = None, eps: float = 1e-5
 ) -> torch.Tensor:
-    """Activation over the key axis (last) of ``logits`` [..., N, M]; ``valid`` [N, M] marks the selected keys.
+    """Activation over the key axis (last) of ``logits`` [..., N, M]; ``valid`` (broadcast to [..., N, M]) marks the
+    selected keys.
 
     Unselected keys get weight 0 and do not count in the normalisation (number of keys, LayerNorm statistics).
+    ``scaling`` divides by the number of selected keys M (the paper's "number of channels" of the activation's
+    input, whose channels are the keys); ``ln`` is LayerNorm over the selected keys without affine (M varies
+    with the map size and the window's position). TorchScript-compatible, so the models that call it script.
     """
-    if activation not in ATTENTION_ACTIVATIONS:
-        raise ValueError(f"unknown attention activation {activation!r}; choose from {ATTENTION_ACTIVATIONS}")
+    if not torch.jit.is_scripting():  # a scripted module checked its activation when it was built
+        check_activation(activation)
     if valid is not None:
         logits = logits.masked_fill(~valid, float("-inf") if activation == "softmax" else 0.0)
     if activation == "softmax":
         return logits.softmax(dim=-1)
     if activation == "none":
         return logits
-    num_keys = logits.shape[-1] if valid is None else valid.sum(-1, keepdim=True)
+    if valid is None:
+        num_keys = torch.full_like(logits[..., :1], float(logits.shape[-1]))
+    else:
+        num_keys = valid.sum(-1, keepdim=True).to(logits.dtype)
     if activation.startswith("scaling"):
         out = logits / num_keys
-    else:  # LayerNorm over the selected keys, no affine (the number of keys varies with the map)
+    else:
         centred = logits - logits.sum(-1, keepdim=True) / num_keys
         if valid is not None:
             centred = centred.masked_fill(~valid, 0.0)
         out = centred * torch.rsqrt(centred.pow(2).sum(-1, keepdim=True) / num_keys + eps)
     return out.relu() if activation.endswith("_relu") else out
+
+
+def depthwise_attention(
+    q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor | None = None, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Depth-wise self-attention (Eq. 5) on dense keys: ``o_i = q_i * mean_{j in S_i} k_j + sum_{j in S_i} p_ij k_j``.
+
+    ``q``, ``k``: per-head queries and keys [..., N, d]; ``weights``: the relative position weights ``p``
+    [..., N, N] (None: no position term); ``valid`` (broadcast to [..., N, N]): the keys ``S_i`` each query
+    selects (None: all of them; Swin's shifted windows select the keys of the query's own region). Shared by
+    :class:`DepthwiseAttention2d` (global selection) and the hosts of :mod:`fcvit.models.dynconv`.
+    """
+    if valid is None:
+        out = q * k.mean(dim=-2, keepdim=True)
+    else:
+        selected = valid.to(q.dtype)
+        out = q * ((selected / selected.sum(-1, keepdim=True)) @ k)
+        if weights is not None:
+            weights = weights.masked_fill(~valid, 0.0)
+    if weights is not None:
+        out = out + weights @ k
+    return out
 
 
 def window_dot(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -215,8 +251,7 @@ class Attention2d(_KernelSelection):
 
     def __init__(self, dim: int, activation: str = "softmax", qkv_bias: bool = True, **kwargs):
         super().__init__(dim, **kwargs)
-        if activation not in ATTENTION_ACTIVATIONS:
-            raise ValueError(f"Attention2d: unknown activation {activation!r}; choose from {ATTENTION_ACTIVATIONS}")
+        check_activation(activation, "Attention2d")
         self.activation = activation
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -259,19 +294,15 @@ class DepthwiseAttention2d(_KernelSelection):
         B = x.shape[0]
         H, W = x.shape[-2:]
         q, k = self.heads(self.qk(self.tokens(x)), 2)
-        valid = None
-        if self.window is None:
-            out = q * k.mean(dim=2, keepdim=True)
-        else:
-            k, valid = self.select(k, H, W), self.valid_keys(H, W, x.device)
-            out = q * (k.sum(dim=3) / valid.sum(-1)).transpose(-1, -2)  # keys outside the map are zero
         bias = self.position_bias(H, W, x.device)
+        if self.window is None:
+            p = None if bias is None else self.attn_drop(bias.expand(B, -1, -1, -1))
+            return self.output(depthwise_attention(q, k, p), H, W)
+        k, valid = self.select(k, H, W), self.valid_keys(H, W, x.device)
+        out = q * (k.sum(dim=3) / valid.sum(-1)).transpose(-1, -2)  # keys outside the map are zero
         if bias is not None:
-            p = bias.expand(B, -1, H * W, -1)
-            if valid is not None:
-                p = p.masked_fill(~valid, 0.0)
-            p = self.attn_drop(p)
-            out = out + (p @ k if self.window is None else window_sum(p, k).transpose(-1, -2))
+            p = self.attn_drop(bias.expand(B, -1, H * W, -1).masked_fill(~valid, 0.0))
+            out = out + window_sum(p, k).transpose(-1, -2)
         return self.output(out, H, W)
 
 

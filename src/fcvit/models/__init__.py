@@ -1,6 +1,6 @@
 """Model families; importing this package registers every model with timm."""
 
-from . import acmix_resnet, acmix_swin, mixers  # noqa: F401  (registers ResNet-/Swin-ACmix, ACmix and attention models)
+from . import acmix_resnet, acmix_swin, dynconv, mixers  # noqa: F401  (every family registers its models)
 from ._registry import list_models
 from .fcvit import (
     FCViT,

@@ -1,4 +1,4 @@
-"""``fcvit models``: every registered variant with its parameters and GMACs beside the paper's figures."""
+"""``fcvit models``: every registered variant with its parameters, GMACs and activations beside the paper's figures."""
 
 from __future__ import annotations
 
@@ -8,30 +8,36 @@ import json
 
 import timm
 
-from ._registry import list_models, paper_figures
-from .complexity import count_gmacs, count_params
+from ._registry import list_models, paper_figures, paper_variants
+from .complexity import count_complexity, count_params
+
+
+def _row(name: str, kwargs: dict, paper: dict, img_size: int) -> dict:
+    # models that fix their input size at creation (ViT position embeddings, Swin's masks) are built for it
+    fixed = getattr(timm.get_pretrained_cfg(name), "fixed_input_size", False)
+    model = timm.create_model(name, **{**(dict(img_size=img_size) if fixed else {}), **kwargs})
+    gmacs, macts = count_complexity(model, (3, img_size, img_size))
+    return dict(
+        model=name,
+        kwargs=kwargs,
+        params_m=round(count_params(model) / 1e6, 3),
+        gmacs=round(gmacs, 3),
+        macts=round(macts, 3),
+        paper_params_m=paper.get("params_m"),
+        paper_gmacs=paper.get("gmacs"),
+        paper_macts=paper.get("macts"),
+        paper_top1=paper.get("top1"),
+    )
 
 
 def model_table(pattern: str = "*", img_size: int = 224) -> list[dict]:
-    """One row per registered model matching ``pattern``: measured params/GMACs and the paper's figures."""
+    """One row per registered model matching ``pattern``, plus one per paper row recorded for other creation
+    arguments (``kwargs``): measured params/GMACs/activations (millions) and the paper's figures."""
     rows = []
     for name in list_models():
-        if not fnmatch.fnmatch(name, pattern):
-            continue
-        # models that fix their input size at creation (Swin's masks) are built for the counted size
-        fixed = getattr(timm.get_pretrained_cfg(name), "fixed_input_size", False)
-        model = timm.create_model(name, **(dict(img_size=img_size) if fixed else {}))
-        paper = paper_figures(name)
-        rows.append(
-            dict(
-                model=name,
-                params_m=round(count_params(model) / 1e6, 2),
-                gmacs=round(count_gmacs(model, (3, img_size, img_size)), 2),
-                paper_params_m=paper.get("params_m"),
-                paper_gmacs=paper.get("gmacs"),
-                paper_top1=paper.get("top1"),
-            )
-        )
+        if fnmatch.fnmatch(name, pattern):
+            rows.append(_row(name, {}, paper_figures(name), img_size))
+            rows.extend(_row(name, kwargs, paper, img_size) for kwargs, paper in paper_variants(name))
     return rows
 
 
@@ -41,14 +47,18 @@ def format_markdown(rows: list[dict], img_size: int) -> str:
     def cell(v) -> str:
         return "-" if v is None else f"{v}"
 
+    def label(r: dict) -> str:
+        return " ".join([r["model"], *(f"{k}={v}" for k, v in r["kwargs"].items())])
+
     lines = [
-        f"| model | params (M) | GMACs @{img_size} | paper params (M) | paper GFLOPs | paper top-1 (%) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| model | params (M) | GMACs @{img_size} | MActs @{img_size} | paper params (M) | paper GFLOPs "
+        "| paper MActs | paper top-1 (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {cell(r['paper_params_m'])} "
-            f"| {cell(r['paper_gmacs'])} | {cell(r['paper_top1'])} |"
+            f"| {label(r)} | {r['params_m']:.3f} | {r['gmacs']:.3f} | {r['macts']:.3f} | {cell(r['paper_params_m'])} "
+            f"| {cell(r['paper_gmacs'])} | {cell(r['paper_macts'])} | {cell(r['paper_top1'])} |"
         )
     return "\n".join(lines)
 
@@ -59,8 +69,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="list registered models with params and GMACs")
+    p = subparsers.add_parser("models", help="list registered models with params, GMACs and activations")
     p.add_argument("--filter", default="*", help="shell-style pattern on model names, e.g. 'fcvit_*'")
-    p.add_argument("--img-size", type=int, default=224, help="square input size for the GMAC count")
+    p.add_argument("--img-size", type=int, default=224, help="square input size for the GMAC and activation counts")
     p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     p.set_defaults(func=run)
