@@ -187,21 +187,21 @@ class _KernelSelection(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] map (plus absolute position) -> [B, N, C] tokens."""
-        x = check_input(x, self.proj.in_features, type(self).__name__)
+        x = check_input(x, self.proj.in_features, "attention mixer")
         if self.abs_pos is not None:
             x = self.abs_pos(x)
         return x.flatten(2).transpose(1, 2)
 
-    def heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
-        """Projected tokens [B, N, parts * C] -> [parts, B, heads, N, head_dim]."""
+    def heads(self, t: torch.Tensor, parts: int) -> list[torch.Tensor]:
+        """Projected tokens [B, N, parts * C] -> ``parts`` tensors [B, heads, N, head_dim]."""
         B, N, _ = t.shape
-        return t.reshape(B, N, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return t.reshape(B, N, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def select(self, t: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """Window selection: per-head tokens [B, h, N, d] -> the windows [B, h, d, window^2, N], zero off the map."""
         B, h, N, d = t.shape
         cols = F.unfold(t.transpose(-1, -2).reshape(B, h * d, H, W), self.window, padding=self.window // 2)
-        return cols.view(B, h, d, self.window**2, N)
+        return cols.view(B, h, d, self.window * self.window, N)
 
     def valid_keys(self, H: int, W: int, device: torch.device) -> torch.Tensor:
         """[N, window^2] mask of the window keys that lie inside the H x W map."""

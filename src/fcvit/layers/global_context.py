@@ -49,6 +49,7 @@ class GlobalContext(nn.Module):
         if mode == "dynamic":
             self.rescale_weight = nn.Parameter(torch.ones(groups))  # w in Eq. 8
             self.rescale_bias = nn.Parameter(torch.zeros(groups))  # beta in Eq. 8
+        self.eps = EPS
 
     def bottleneck(self, g: torch.Tensor) -> torch.Tensor:
         """``v = f(g)`` for the pooled tokens ``g`` of shape [B, C]."""
@@ -67,7 +68,7 @@ class GlobalContext(nn.Module):
         s = torch.einsum("bgdn,bgd->bgn", tokens, g.view(B, self.groups, d)) * d**-0.5
         # standardised per sample over groups and positions together (unbiased std), then rescaled per group
         flat = s.reshape(B, -1)
-        flat = (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True) + EPS)
+        flat = (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True) + self.eps)
         return flat.view_as(s) * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
 
     def context(self, x: torch.Tensor) -> torch.Tensor:

@@ -506,7 +506,8 @@ default_cfgs = generate_default_cfgs({k: v for h in HOSTS for m in MIXERS for k,
 def _create(host: str, mixer: str, pretrained: bool = False, **kwargs) -> nn.Module:
     cls, model_args, _, _ = HOSTS[host]
     if cls is DynConvViT:
-        feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+        depth = kwargs.get("depth", model_args["depth"])  # the last three blocks, as timm's ViTs (fewer if shallower)
+        feature_cfg = dict(out_indices=kwargs.pop("out_indices", min(3, depth)), feature_cls="getter")
     else:
         depths = model_args["depths"]
         feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", tuple(range(len(depths)))))

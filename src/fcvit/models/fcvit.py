@@ -152,7 +152,7 @@ class _FCViTBase(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Check the input and run the stem."""
-        return self.stem(check_input(x, self.in_chans, type(self).__name__))
+        return self.stem(check_input(x, self.in_chans, "FCViT"))
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
