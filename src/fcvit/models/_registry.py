@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model as _timm_register_model
 
 F = TypeVar("F", bound=Callable)
@@ -46,3 +47,39 @@ def paper_figures(name: str) -> dict[str, float | None]:
 def paper_variants(name: str) -> list[tuple[dict, dict[str, float | None]]]:
     """The (creation arguments, published figures) rows recorded for ``name`` besides its default."""
     return [(dict(kwargs), dict(figs)) for kwargs, figs in _PAPER_VARIANTS.get(name, [])]
+
+
+# The source papers, for the ``paper_ids`` / ``paper_name`` / ``origin_url`` fields of every model's pretrained_cfg.
+PAPERS = {
+    "fcvit": dict(
+        paper_ids="arXiv:2212.12552",
+        paper_name="A Close Look at Spatial Modeling: From Attention to Convolution",
+        origin_url="https://github.com/ma-xu/FCViT",
+    ),
+    "acmix": dict(
+        paper_ids="arXiv:2111.14556",
+        paper_name="On the Integration of Self-Attention and Convolution",
+        origin_url="https://github.com/LeapLabTHU/ACmix",
+    ),
+    "dynconv": dict(
+        paper_ids="arXiv:2309.10713",
+        paper_name="Interpret Vision Transformers as ConvNets with Dynamic Convolutions",
+        origin_url="https://arxiv.org/abs/2309.10713",
+    ),
+}
+
+
+def imagenet_cfg(paper: str, **kwargs: Any) -> dict[str, Any]:
+    """A timm pretrained_cfg: ImageNet-1k at 224 px, bicubic, crop 0.9, ImageNet statistics, the paper's fields;
+    ``kwargs`` (a family's first conv, classifier, pool size, ...) add to or override them."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        **PAPERS[paper],
+        **kwargs,
+    }

@@ -20,14 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
 from ..layers import ACmix
 from ._checkpoints import check_tensor_shapes
-from ._registry import register_model, register_paper_figures
+from ._registry import imagenet_cfg, register_model, register_paper_figures
 
 __all__ = ["ACmixBottleneck", "ACmixResNet"]
 
@@ -152,22 +151,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ACmixResNet:
 
 
 def _cfg(**kwargs) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,  # the official evaluation: resize to 256, centre crop 224
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "paper_ids": "arXiv:2111.14556",
-        "paper_name": "On the Integration of Self-Attention and Convolution",
-        "origin_url": "https://github.com/LeapLabTHU/ACmix",
-        **kwargs,
-    }
+    # the official evaluation: resize to 256, centre crop 224, bilinear
+    own = dict(pool_size=(7, 7), crop_pct=0.875, interpolation="bilinear", first_conv="conv1", classifier="fc")
+    return imagenet_cfg("acmix", **{**own, **kwargs})
 
 
 default_cfgs = generate_default_cfgs(

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import calculate_drop_path_rates, to_ntuple
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.swin_transformer import (
@@ -43,7 +42,7 @@ from torch import nn
 
 from ..layers.acmix import shift_kernels
 from ._checkpoints import check_tensor_shapes
-from ._registry import register_model, register_paper_figures
+from ._registry import imagenet_cfg, register_model, register_paper_figures
 
 __all__ = ["AcmixWindowAttention", "AcmixSwinBlock", "AcmixSwinTransformer", "checkpoint_filter_fn"]
 
@@ -332,24 +331,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AcmixSwinT
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2111.14556",
-        "paper_name": "On the Integration of Self-Attention and Convolution",
-        "origin_url": "https://github.com/LeapLabTHU/ACmix",
-        **kwargs,
-    }
+    own = dict(pool_size=(7, 7), fixed_input_size=True, first_conv="patch_embed.proj", classifier="head.fc")
+    return imagenet_cfg("acmix", **{**own, "license": "mit", **kwargs})
 
 
 default_cfgs = generate_default_cfgs(

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._manipulate import named_apply
@@ -47,7 +46,7 @@ from ..layers.attention import (
     check_activation,
     depthwise_attention,
 )
-from ._registry import register_model, register_paper_figures
+from ._registry import imagenet_cfg, register_model, register_paper_figures
 
 __all__ = ["DynConvSwin", "DynConvViT", "checkpoint_filter_fn"]  # the model functions are appended by timm
 
@@ -467,23 +466,8 @@ def default_kwargs(host: str, mixer: str) -> dict[str, Any]:
 
 
 def _cfg(host: str, **kwargs) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2309.10713",
-        "paper_name": "Interpret Vision Transformers as ConvNets with Dynamic Convolutions",
-        "origin_url": "https://arxiv.org/abs/2309.10713",
-        **HOSTS[host][3],
-        **kwargs,
-    }
+    own = dict(fixed_input_size=True, first_conv="patch_embed.proj", license="apache-2.0")
+    return imagenet_cfg("dynconv", **{**own, **HOSTS[host][3], **kwargs})
 
 
 def _variant_cfgs(host: str, mixer: str) -> dict[str, dict[str, Any]]:

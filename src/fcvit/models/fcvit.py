@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, GroupNorm1, LayerScale2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
@@ -28,7 +27,7 @@ from torch import nn
 from ..layers import ChannelMixer, MixerSettings, create_token_mixer
 from ..layers.checks import check_input
 from ._checkpoints import check_tensor_shapes
-from ._registry import register_model, register_paper_figures
+from ._registry import imagenet_cfg, register_model, register_paper_figures
 
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
 
@@ -575,24 +574,9 @@ def _create(variant: str, cls: type[nn.Module], pretrained: bool = False, **kwar
     )
 
 
-def _cfg(url: str = "", **kwargs) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2212.12552",
-        "paper_name": "A Close Look at Spatial Modeling: From Attention to Convolution",
-        "origin_url": "https://github.com/ma-xu/FCViT",
-        **kwargs,
-    }
+def _cfg(paper: str = "fcvit", **kwargs) -> dict[str, Any]:
+    own = dict(pool_size=(7, 7), first_conv="stem.conv", classifier="head", license="apache-2.0")
+    return imagenet_cfg(paper, **{**own, **kwargs})
 
 
 default_cfgs = generate_default_cfgs(

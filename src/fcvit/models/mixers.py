@@ -33,19 +33,6 @@ __all__: list[str] = []  # the registered model functions are appended by timm's
 
 MIXERS = ("acmix", *(f"attn_{a}" for a in ATTENTION_ACTIVATIONS), "dwattn")
 
-_PAPERS = {
-    "acmix": dict(
-        paper_ids="arXiv:2111.14556",
-        paper_name="On the Integration of Self-Attention and Convolution",
-        origin_url="https://github.com/LeapLabTHU/ACmix",
-    ),
-    "attn": dict(
-        paper_ids="arXiv:2309.10713",
-        paper_name="Interpret Vision Transformers as ConvNets with Dynamic Convolutions",
-        origin_url="https://arxiv.org/abs/2309.10713",
-    ),
-}
-
 
 def _stage_mixer_kwargs(mixer: str, dim: int, head_dim: int, size: int, window: int | None) -> dict[str, Any]:
     """Mixer settings of one stage of width ``dim`` on ``size x size`` maps (at 224 px input)."""
@@ -119,8 +106,8 @@ def _mixer_cfg(variant: str) -> dict[str, Any]:
     extra = dict(pool_size=(14, 14)) if VARIANTS[variant][0] is IsoFCViT else {}
     if variant.startswith("test_"):
         extra = dict(input_size=(3, 128, 128), pool_size=(4, 4))
-    family = "acmix" if "acmix" in variant else "attn"
-    return _cfg(**_PAPERS[family], **extra)
+    family = "acmix" if "acmix" in variant else "dynconv"
+    return _cfg(family, **extra)
 
 
 default_cfgs = generate_default_cfgs({f"{v}.untrained": _mixer_cfg(v) for v in VARIANTS})
