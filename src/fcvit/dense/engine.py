@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from ..accel import optimize
 from ..train.checkpoint import load_checkpoint, save_checkpoint
-from ..train.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
+from ..train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+)
 from ..train.logger import Progress, RunLogger
 from ..train.utils import NonFiniteLossError, seed_everything
 
@@ -95,20 +101,27 @@ def _endless(loader: DataLoader, first_pass: int) -> Iterator[Any]:
         n += 1
 
 
-def _checkpoint(
-    model: nn.Module, optimizer, task: DenseTask, round_: int, step: int, best: float, metrics: dict[str, float]
-) -> dict[str, Any]:
-    return dict(
-        task=task.name,
-        config=asdict(task.cfg),
-        class_names=list(task.class_names),
-        model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
-        round=round_,
-        step=step,
-        best=best,
-        metrics=metrics,
-    )
+@dataclass
+class DenseRun:
+    """What a dense training run is made of, built by :func:`_set_up`, and where it stands."""
+
+    task: DenseTask
+    info: DistInfo
+    model: nn.Module
+    ddp: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    val_loader: DataLoader
+    round_iters: int
+    num_rounds: int
+    logger: RunLogger
+    amp: Any
+    run_dir: Path
+    start_round: int = 0
+    step: int = 0
+    best: float = float("-inf")
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def train(
@@ -120,12 +133,36 @@ def train(
     log_interval: int = 20,
 ) -> dict[str, Any]:
     """Train ``task`` into ``run_dir`` (see the module doc); returns the summary (also ``summary.json``)."""
-    cfg, run_dir = task.cfg, Path(run_dir)
+    run = _set_up(task, Path(run_dir), resume, device)
+    if eval_before and not resume:
+        run.logger.log_epoch(0, dict(iter=0, **_evaluate(run)), step=0)
+    batches = _endless(run.train_loader, first_pass=run.step // len(run.train_loader))
+    start = time.perf_counter()
+    for round_ in range(run.start_round, run.num_rounds):
+        train_loss = _train_round(run, round_, batches, log_interval)
+        _end_round(run, round_, train_loss)
+    summary = dict(
+        task=task.name,
+        run_dir=str(run.run_dir),
+        steps=run.step,
+        final=run.metrics,
+        best={task.main_metric: run.best},
+        train_seconds=round(time.perf_counter() - start, 1),
+        world_size=run.info.world_size,
+        device=str(run.info.device),
+    )
+    run.logger.finish(summary, task.panels)
+    cleanup_distributed()  # on the success path only, as fcvit train (fcvit.train.train)
+    return summary
+
+
+def _set_up(task: DenseTask, run_dir: Path, resume: bool, device: str | None) -> DenseRun:
+    """Model (optimised unless ``--no-optimize``), loaders, optimiser, schedule, logger; the resumed state."""
+    cfg = task.cfg
     info = init_distributed(device)
     seed_everything(cfg.seed + info.rank)
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
-
     train_set, val_set = task.dataset("train", train=True), task.dataset("val")
     model = optimize(task.build_model(), "auto" if cfg.optimize else None).to(info.device)
     if info.distributed and info.device.type == "cuda":
@@ -140,86 +177,103 @@ def train(
     train_loader = DataLoader(train_set, per_process, sampler=sampler, drop_last=True, **loader_kw)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training samples make no batch of {per_process} per process")
-    val_loader = eval_loader(task, val_set, info.rank, info.world_size)
     round_iters, num_rounds = task.rounds(len(train_loader))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = task.lr_scheduler(optimizer, round_iters)
-
-    start_round, step, best, metrics = 0, 0, float("-inf"), {}
+    state: dict[str, Any] = {}
     if resume:
         ckpt = load_checkpoint(run_dir / LAST)
         if ckpt.get("task") != task.name:
             raise ValueError(f"{run_dir / LAST} is a {ckpt.get('task')!r} checkpoint, not {task.name!r}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start_round, step, best, metrics = ckpt["round"], ckpt["step"], ckpt["best"], ckpt["metrics"]
-    scheduler.step_update(step)
-    ddp = nn.parallel.DistributedDataParallel(model) if info.distributed else model
+        state = dict(start_round=ckpt["round"], step=ckpt["step"], best=ckpt["best"], metrics=ckpt["metrics"])
+    scheduler.step_update(state.get("step", 0))
     logger = RunLogger(
-        run_dir, enabled=info.is_main, resume_epoch=start_round + 1 if resume else None, purge_step=step or None
+        run_dir,
+        enabled=info.is_main,
+        resume_epoch=state["start_round"] + 1 if resume else None,
+        purge_step=state.get("step") or None,
     )
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
-    amp = _autocast(cfg, info.device)
-
-    def evaluate() -> dict[str, float]:
-        broadcast_buffers(model)  # BatchNorm statistics: rank 0's on every rank, as the checkpoint holds them
-        model.eval()
-        with torch.no_grad(), amp:
-            return task.evaluate(model, val_loader, info.device)
-
-    if eval_before and not resume:
-        logger.log_epoch(0, dict(iter=0, **evaluate()), step=0)
-    batches = _endless(train_loader, first_pass=step // len(train_loader))
-    start = time.perf_counter()
-    for round_ in range(start_round, num_rounds):
-        model.train()
-        progress = Progress(round_iters, f"{task.name} {round_ + 1}/{num_rounds}", info.is_main, log_interval)
-        loss_sum = images = 0.0
-        for _ in range(round_iters):
-            batch = next(batches)
-            with amp:
-                loss, n = task.loss(ddp, batch, info.device)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"{task.name} training loss is {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-            lr = optimizer.param_groups[0]["lr"]
-            loss_sum, images = loss_sum + loss.item() * n, images + n
-            progress.update(n * info.world_size, loss=loss.item(), lr=lr)
-            if step % log_interval == 0:
-                logger.log_scalars(step, dict(loss=loss.item(), lr=lr), prefix="train/")
-        progress.close()
-        totals = all_reduce_sum(dict(loss=loss_sum, images=images), info.device)
-        metrics = evaluate()
-        logger.log_epoch(
-            round_ + 1, dict(iter=step, train_loss=totals["loss"] / max(totals["images"], 1), lr=lr, **metrics), step
-        )
-        improved = metrics[task.main_metric] > best
-        best = max(best, metrics[task.main_metric])
-        if info.is_main:
-            ckpt = _checkpoint(model, optimizer, task, round_ + 1, step, best, metrics)
-            save_checkpoint(ckpt, run_dir / LAST)
-            if improved:
-                save_checkpoint(ckpt, run_dir / BEST)
-    summary = dict(
-        task=task.name,
-        run_dir=str(run_dir),
-        steps=step,
-        final=metrics,
-        best={task.main_metric: best},
-        train_seconds=round(time.perf_counter() - start, 1),
-        world_size=info.world_size,
-        device=str(info.device),
+    return DenseRun(
+        task=task,
+        info=info,
+        model=model,
+        ddp=nn.parallel.DistributedDataParallel(model) if info.distributed else model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        val_loader=eval_loader(task, val_set, info.rank, info.world_size),
+        round_iters=round_iters,
+        num_rounds=num_rounds,
+        logger=logger,
+        amp=_autocast(cfg, info.device),
+        run_dir=run_dir,
+        **state,
     )
-    logger.finish(summary, task.panels)
-    cleanup_distributed()
-    return summary
+
+
+def _evaluate(run: DenseRun) -> dict[str, float]:
+    broadcast_buffers(run.model)  # BatchNorm statistics: rank 0's on every rank, as the checkpoint holds them
+    run.model.eval()
+    with torch.no_grad(), run.amp:
+        return run.task.evaluate(run.model, run.val_loader, run.info.device)
+
+
+def _train_round(run: DenseRun, round_: int, batches: Iterator[Any], log_interval: int) -> float:
+    """``round_iters`` optimiser steps; returns the round's mean training loss over all ranks."""
+    task, model, optimizer, info = run.task, run.model, run.optimizer, run.info
+    model.train()
+    progress = Progress(run.round_iters, f"{task.name} {round_ + 1}/{run.num_rounds}", info.is_main, log_interval)
+    loss_sum = images = 0.0
+    for _ in range(run.round_iters):
+        batch = next(batches)
+        with run.amp:
+            loss, n = task.loss(run.ddp, batch, info.device)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{task.name} training loss is {loss.item()} at step {run.step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if task.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), task.cfg.grad_clip)
+        optimizer.step()
+        run.step += 1
+        run.scheduler.step_update(run.step)
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum, images = loss_sum + loss.item() * n, images + n
+        progress.update(n * info.world_size, loss=loss.item(), lr=lr)
+        if run.step % log_interval == 0:
+            run.logger.log_scalars(run.step, dict(loss=loss.item(), lr=lr), prefix="train/")
+    progress.close()
+    totals = all_reduce_sum(dict(loss=loss_sum, images=images), info.device)
+    return totals["loss"] / max(totals["images"], 1)
+
+
+def _end_round(run: DenseRun, round_: int, train_loss: float) -> None:
+    """Evaluate, log, save ``checkpoint-last.pth`` and, on a new best, ``checkpoint-best.pth``."""
+    task = run.task
+    run.metrics = _evaluate(run)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.logger.log_epoch(round_ + 1, dict(iter=run.step, train_loss=train_loss, lr=lr, **run.metrics), run.step)
+    improved = run.metrics[task.main_metric] > run.best
+    run.best = max(run.best, run.metrics[task.main_metric])
+    if run.info.is_main:
+        ckpt = dict(
+            task=task.name,
+            config=asdict(task.cfg),
+            class_names=list(task.class_names),
+            model=run.model.state_dict(),
+            optimizer=run.optimizer.state_dict(),
+            round=round_ + 1,
+            step=run.step,
+            best=run.best,
+            metrics=run.metrics,
+        )
+        save_checkpoint(ckpt, run.run_dir / LAST)
+        if improved:
+            save_checkpoint(ckpt, run.run_dir / BEST)
 
 
 def evaluate_split(task: DenseTask, model: nn.Module, split: str, device: str | None = None) -> tuple[dict, int]:
