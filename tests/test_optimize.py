@@ -497,3 +497,27 @@ def test_kernel_cropping_equals_plain_convolution(k, size):
     (g_fast,) = torch.autograd.grad(fast.sum(), x)
     (g_plain,) = torch.autograd.grad(plain.sum(), x)
     assert torch.allclose(g_fast, g_plain, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train"],
+        ["validate", "--checkpoint", "c.pth"],
+        ["predict", "--checkpoint", "c.pth", "a.png"],
+        ["analyze", "stats", "--model", "fcvit_tiny", "--data", "d", "--output", "o"],
+        ["bench", "fcvit_tiny"],
+        ["det", "train"],
+        ["seg", "train"],
+    ],
+    ids=lambda argv: " ".join(argv[:2]),
+)
+def test_every_command_optimizes_unless_told_not_to(argv):
+    """The commands run the optimised model by default and offer ``--no-optimize``."""
+    from fcvit.cli import build_parser
+
+    def optimizes(args) -> bool:
+        ns = vars(build_parser().parse_args(args))
+        return ns.get("optimize", True) is not False and not ns.get("no_optimize", False)
+
+    assert optimizes(argv) and not optimizes([*argv, "--no-optimize"])
