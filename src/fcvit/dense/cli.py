@@ -205,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         actions = t.add_subparsers(dest=f"{task}_command", required=True, metavar="ACTION")
         tr = actions.add_parser("train", help=f"train ({TASK_HELP[task]})")
         tr.add_argument("--output", default="runs", help="parent of the run directory")
-        tr.add_argument("--experiment", default="", help=f"run directory name (default: {task}-MODEL-TIMESTAMP)")
+        tr.add_argument("--experiment", default="", help=f"run directory name (default: {task}-MODEL-TIMESTAMP-RANDOM)")
         tr.add_argument(
             "--resume",
             default="",

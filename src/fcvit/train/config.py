@@ -131,7 +131,7 @@ class TrainConfig:
     # run directory
     output: str = _f("runs", "parent directory of run directories")
     experiment: str = _f(
-        "", "run directory name (default: MODEL-DATA-TIMESTAMP; --resume continues in the checkpoint's)"
+        "", "run directory name (default: MODEL-DATA-TIMESTAMP-RANDOM; --resume continues in the checkpoint's)"
     )
     resume: str = _f("", "resume from this checkpoint (model, EMA, optimizer, scheduler, scaler, step, RNG)")
     checkpoint_every: int = _f(500, "also save checkpoint-last.pth every N optimizer steps (0: only per epoch)")
