@@ -416,13 +416,12 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
 
 def _last_good(run: Run, state: State) -> str:
     """What the NaN stop says about the checkpoint to resume from."""
-    path = run.run_dir / LAST
-    if state.saved_step is None:
-        return f"No checkpoint was written yet ({path} does not exist); start again with a lower --lr or --clip-grad."
-    return (
-        f"The last good checkpoint, {path} (step {state.saved_step}), is untouched; resume from it with a lower "
-        f"--lr, --clip-grad or --no-amp."
-    )
+    path, advice = run.run_dir / LAST, "resume from it with a lower --lr, --clip-grad or --no-amp."
+    if state.saved_step is not None:
+        return f"The last good checkpoint, {path} (step {state.saved_step}), is untouched; {advice}"
+    if path.exists():  # resumed from another file (e.g. checkpoint-best.pth) and not saved since
+        return f"{path}, written before this process started, is untouched; {advice}"
+    return f"No checkpoint was written yet ({path} does not exist); start again with a lower --lr or --clip-grad."
 
 
 def save(run: Run, state: State, path: Path, t0: float) -> None:
