@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import report_error, user_errors
+from .errors import OneLineParser, report_error, user_errors
 from .runtime import tune_cpu_allocator
 
 COMMAND_MODULES = (
@@ -24,7 +24,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fcvit", description="FCViT and convolutional spatial mixers on timm")
+    parser = OneLineParser(prog="fcvit", description="FCViT and convolutional spatial mixers on timm")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .errors import positive_int
 
 FORMATS = ("onnx", "exported-program", "safetensors")
 DEFAULT_OPSET = 18
@@ -27,16 +28,12 @@ DEFAULT_OPSET = 18
 
 def load_model(name: str, checkpoint: str | None = None, num_classes: int | None = None) -> nn.Module:
     """Create timm model ``name`` in eval mode, loading ``checkpoint`` (ours, official, or safetensors) if given."""
-    import timm
+    from .train.build import create_model
 
-    import fcvit  # noqa: F401  (registers this project's models with timm)
-
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: not registered with timm")
     if checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    return timm.create_model(name, checkpoint_path=checkpoint or "", **kwargs).eval()
+    return create_model(name, checkpoint_path=checkpoint or "", **kwargs).eval()
 
 
 def _example(model: nn.Module, img_size: int, batch: int = 2) -> torch.Tensor:
@@ -116,6 +113,8 @@ def load_safetensors(path: str) -> nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
+    if os.path.exists(args.output) and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
     model = load_model(args.model, args.checkpoint, args.num_classes)
     if args.format == "onnx":
         export_onnx(model, args.output, args.img_size, args.opset)
@@ -139,8 +138,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights to load (this project's, the official release's, or safetensors)")
     p.add_argument("--num-classes", type=int, help="classifier size when the checkpoint's differs from 1000")
     p.add_argument("--format", choices=FORMATS, required=True)
-    p.add_argument("--output", required=True, help="file to write")
-    p.add_argument("--img-size", type=int, default=224, help="example input size (the batch axis stays dynamic)")
+    p.add_argument("--output", required=True, help="file to write (an existing one only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument(
+        "--img-size", type=positive_int, default=224, help="example input size (the batch axis stays dynamic)"
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted onnxruntime vs PyTorch difference")
     p.set_defaults(func=run)

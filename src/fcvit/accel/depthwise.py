@@ -100,7 +100,9 @@ class DepthwiseConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             flipped = weight.to(grad.dtype).flip(-2, -1)
             grad_x = depthwise_conv(grad, flipped, None, (right, left, bottom, top)).to(x.dtype)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and x.shape[0] == 0:  # conv3d takes no empty depth axis; nothing to sum
+            grad_w = torch.zeros_like(weight)
+        elif ctx.needs_input_grad[1]:
             # The batch becomes the depth axis of one depth-wise 3-D convolution, which sums over it:
             # input [1, C, B, Hp, Wp], kernels [C, 1, B, H, W] (grad_y), output [1, C, 1, kh, kw]. For
             # channels_last maps the input is a view of x's memory. The kernels must be channel-major: grad

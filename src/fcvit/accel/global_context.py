@@ -44,7 +44,8 @@ class FastGlobalContext(GlobalContext):
             return out.view(B, H, W, C).permute(0, 3, 1, 2)
         g_blocks = _block_diagonal(g, self.groups, (C // self.groups) ** -0.5)
         v_blocks = _block_diagonal(v, self.groups)
-        s = _standardise_rows(torch.bmm(g_blocks, tokens).view(B, -1))[0].view(B, self.groups, H * W)  # [B, G, HW]
+        rows = torch.bmm(g_blocks, tokens).view(B, self.groups * H * W)
+        s = _standardise_rows(rows)[0].view(B, self.groups, H * W)  # [B, G, HW]
         s = s * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
         return _add_product(tokens, v_blocks.transpose(1, 2), s).view(B, C, H, W)
 

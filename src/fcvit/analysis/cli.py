@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..accel import NO_OPTIMIZE_HELP
+from ..errors import non_negative_int, positive_int
 
 ATTENTION_BLOCKS = (
     "block K is the K-th attention layer (module matching '*attn_drop') in forward order, 0-based, "
@@ -87,7 +88,7 @@ def _add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None
     p.add_argument(
         "--model-kwargs", type=_mapping, default={}, help="YAML mapping of create_model kwargs, e.g. '{depth: 2}'"
     )
-    p.add_argument("--img-size", type=int, help="square input size (default: the model's)")
+    p.add_argument("--img-size", type=positive_int, help="square input size (default: the model's)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (reproducible maps)")
     p.add_argument("--no-optimize", action="store_true", help=NO_OPTIMIZE_HELP)
@@ -101,9 +102,9 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder (its val/ subfolder if any) or 'fashion-mnist'")
-    p.add_argument("--limit", type=int, help="analyse the first N images only")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--limit", type=positive_int, help="analyse the first N images only")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data loader workers")
     p.add_argument("--round", type=int, default=-1, help="FCViT mixing round whose similarity is analysed")
 
 

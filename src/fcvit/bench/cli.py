@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..errors import non_negative_int, positive_int
+
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
@@ -64,16 +66,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-optimize", action="store_true", help="benchmark every model as timm.create_model returns it")
     p.add_argument("--reference", help="model the ratios are taken against (default: first non-FCViT model)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for models and input")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is over these)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model before the rounds")
-    p.add_argument("--steps", type=int, default=1, help="timed steps per model per round")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (the median is over these)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps per model before the rounds")
+    p.add_argument("--steps", type=positive_int, default=1, help="timed steps per model per round")
     p.add_argument("--onnx", action="store_true", help="add onnxruntime CPU inference throughput (fp32, CPU only)")
     p.add_argument(
         "--tune-malloc",

@@ -151,7 +151,9 @@ class TensorLoader(_Loader):
 class _SeededSamples(Dataset):
     """``transform(dataset[i])`` under RNGs seeded from (seed, epoch, i); global RNG states are restored.
 
-    Bad images raise :class:`BadImageError` naming the file, or give ``None`` when ``skip_bad``.
+    A bad image gives ``None`` when ``skip_bad``, else its :class:`BadImageError`, returned rather than raised:
+    :meth:`DatasetLoader.batches` raises it in the main process, one line naming the file and the reason, where
+    a DataLoader worker's raise would come back wrapped in the worker's traceback.
     """
 
     def __init__(self, dataset: Dataset, transform, seed: int, epoch: int, skip_bad: bool):
@@ -163,10 +165,8 @@ class _SeededSamples(Dataset):
     def __getitem__(self, index: int):
         try:
             image, target = self.dataset[index]
-        except BadImageError:
-            if self.skip_bad:
-                return None
-            raise
+        except BadImageError as e:
+            return None if self.skip_bad else e
         s = sample_seed(self.seed, self.epoch, index)
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s)
@@ -181,8 +181,11 @@ class _SeededSamples(Dataset):
         return image, target
 
 
-def _collate_skipping(samples: list) -> Batch:
-    """Collate the readable samples; count the skipped (``None``) ones."""
+def _collate_skipping(samples: list) -> Batch | BadImageError:
+    """Collate the readable samples; count the skipped (``None``) ones. A bad image's error is the batch."""
+    errors = [s for s in samples if isinstance(s, BadImageError)]
+    if errors:
+        return errors[0]
     good = [s for s in samples if s is not None]
     skipped = len(samples) - len(good)
     if not good:
@@ -221,4 +224,7 @@ class DatasetLoader(_Loader):
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(self.seed),  # keeps the global RNG untouched
         )
-        yield from loader
+        for batch in loader:
+            if isinstance(batch, BadImageError):
+                raise batch
+            yield batch

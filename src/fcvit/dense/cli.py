@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from ..errors import positive_int
 from .config import PRESETS, CanvasConfig, DetConfig, SegConfig
 
 TASKS = {"det": DetConfig, "seg": SegConfig}
@@ -68,9 +68,9 @@ def build_config(task: str, args: argparse.Namespace, base: dict[str, Any] | Non
     if base is None and args.preset:
         values.update(PRESETS[task][args.preset])
     if base is None and args.config:
-        import yaml
+        from ..train.config import read_yaml_mapping
 
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        loaded = read_yaml_mapping(args.config)
         unknown = set(loaded) - names
         if unknown:
             raise ValueError(f"{args.config}: unknown {task} config keys {sorted(unknown)}; known: {sorted(names)}")
@@ -94,18 +94,23 @@ def _make_task(task: str, cfg):
 
 
 def _run_dir(args: argparse.Namespace, cfg) -> Path:
-    """``--output/--experiment`` (default ``TASK-MODEL-TIMESTAMP``, chosen on rank 0), or the resumed run's."""
-    from ..train.distributed import broadcast_object
+    """The resumed run's directory, else a new ``--output/--experiment`` (default ``TASK-MODEL-TIMESTAMP-XXXXXX``,
+    chosen on rank 0) that holds no run yet; leftovers of saves a kill interrupted are removed."""
+    from ..rundir import clean_orphans, new_run_dir
 
-    if args.resume and not args.experiment:
+    if args.resume:
+        if args.experiment:
+            raise ValueError("--resume continues in the checkpoint's directory; leave out --experiment")
         resume = Path(args.resume)
-        return resume if resume.is_dir() else resume.parent
-    name = args.experiment or f"{args.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(args.output) / broadcast_object(name)
+        run_dir = resume if resume.is_dir() else resume.parent
+    else:
+        run_dir = new_run_dir(args.output, args.experiment, f"{args.task}-{cfg.model}")
+    clean_orphans(run_dir)
+    return run_dir
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train.distributed import init_distributed
+    from ..train.distributed import init_distributed, peer_failures
     from .engine import LAST, load_trained, train
 
     info = init_distributed(args.device)
@@ -118,12 +123,9 @@ def run_train(args: argparse.Namespace) -> int:
     if not cfg.data_dir:
         raise ValueError("--data-dir is required")
     run_dir = _run_dir(args, cfg)
-    if not args.resume and (run_dir / LAST).exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; --resume {run_dir / LAST} or choose another --experiment"
-        )
     task = _make_task(args.task, cfg)
-    summary = train(task, run_dir, bool(args.resume), str(info.device), args.eval_before, args.log_interval)
+    with peer_failures():
+        summary = train(task, run_dir, bool(args.resume), str(info.device), args.eval_before, args.log_interval)
     if info.is_main:
         print(json.dumps(summary, indent=2))
     return 0
@@ -191,7 +193,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="dense_command", required=True, metavar="ACTION")
     m = sub.add_parser("make-data", help="write COCO-format instances and ADE20K-layout label maps")
     m.add_argument("out", help="output directory (gets coco/ and ade/)")
-    m.add_argument("--num-train", type=int, default=200)
+    m.add_argument("--num-train", type=positive_int, default=200)
     m.add_argument("--num-val", type=int, default=50)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--fashion-root", default=None, help="Fashion-MNIST root (default: the system copy)")
@@ -203,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         actions = t.add_subparsers(dest=f"{task}_command", required=True, metavar="ACTION")
         tr = actions.add_parser("train", help=f"train ({TASK_HELP[task]})")
         tr.add_argument("--output", default="runs", help="parent of the run directory")
-        tr.add_argument("--experiment", default="", help=f"run directory name (default: {task}-MODEL-TIMESTAMP)")
+        tr.add_argument("--experiment", default="", help=f"run directory name (default: {task}-MODEL-TIMESTAMP-RANDOM)")
         tr.add_argument(
             "--resume",
             default="",
@@ -213,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         tr.add_argument("--preset", choices=sorted(PRESETS[task]), default=None, help="a small recipe (CPU demo)")
         tr.add_argument("--config", default=None, help="YAML file of recipe fields")
         tr.add_argument("--eval-before", action="store_true", help="evaluate once before training (row 0)")
-        tr.add_argument("--log-interval", type=int, default=20)
+        tr.add_argument("--log-interval", type=positive_int, default=20)
         _common(tr, task)
         add_config_flags(tr, cls)
         tr.set_defaults(func=run_train)

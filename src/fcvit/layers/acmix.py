@@ -139,7 +139,7 @@ class ACmix(nn.Module):
         """Reflection-padded ``k_att x k_att`` windows at the strided query positions: [N, C, k_att^2, L]."""
         padded = reflect_pad(t, self.padding_att)
         cols = F.unfold(padded, self.kernel_att, dilation=self.dilation, stride=self.stride)
-        return cols.view(t.shape[0], t.shape[1], self.kernel_att * self.kernel_att, -1)
+        return cols.view(t.shape[0], t.shape[1], self.kernel_att * self.kernel_att, cols.shape[-1])
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Window attention path on projected maps [B, out_planes, H, W] -> [B, out_planes, H_out, W_out]."""

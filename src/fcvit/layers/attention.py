@@ -225,9 +225,9 @@ class _KernelSelection(nn.Module):
 
     def output(self, out: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """Per-head outputs [B, h, N, d] -> output projection -> [B, C, H, W]."""
-        B = out.shape[0]
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, H * W, -1)))
-        return out.transpose(1, 2).reshape(B, -1, H, W)
+        B, h, _, d = out.shape
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, H * W, h * d)))
+        return out.transpose(1, 2).reshape(B, out.shape[-1], H, W)
 
 
 @register_notrace_module  # shapes drive its windows and heads: a leaf for FX tracing

@@ -67,7 +67,7 @@ class GlobalContext(nn.Module):
         # s[b, h, n] = d^-1/2 * sum_j x[b, h*d+j, n] * g[b, h*d+j]
         s = torch.einsum("bgdn,bgd->bgn", tokens, g.view(B, self.groups, d)) * d**-0.5
         # standardised per sample over groups and positions together (unbiased std), then rescaled per group
-        flat = s.reshape(B, -1)
+        flat = s.reshape(B, self.groups * H * W)
         flat = (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True) + self.eps)
         return flat.view_as(s) * self.rescale_weight.view(1, -1, 1) + self.rescale_bias.view(1, -1, 1)
 

@@ -111,7 +111,7 @@ class AcmixWindowAttention(WindowAttention):
         f = qkv.reshape(B, H * W, 3 * self.num_heads, self.head_dim).permute(0, 2, 1, 3)
         f = self.fc(f)  # [B, 9, H * W, head_dim]
         # grouped per head-channel (the groups of dep_conv): [B, head_dim * 9, H, W]
-        f = f.permute(0, 3, 1, 2).reshape(B, -1, H, W)
+        f = f.permute(0, 3, 1, 2).reshape(B, self.head_dim * f.shape[1], H, W)
         return self.dep_conv(f).permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], mask: torch.Tensor | None = None) -> torch.Tensor:

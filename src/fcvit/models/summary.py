@@ -8,6 +8,7 @@ import json
 
 import timm
 
+from ..errors import positive_int
 from ._registry import list_models, paper_figures, paper_variants
 from .complexity import count_complexity, count_params
 
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list registered models with params, GMACs and activations")
     p.add_argument("--filter", default="*", help="shell-style pattern on model names, e.g. 'fcvit_*'")
-    p.add_argument("--img-size", type=int, default=224, help="square input size for the GMAC and activation counts")
+    p.add_argument(
+        "--img-size", type=positive_int, default=224, help="square input size for the GMAC and activation counts"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     p.set_defaults(func=run)

@@ -22,11 +22,48 @@ from .utils import read_weights
 __all__ = [
     "create_eval_loader",
     "create_loaders",
+    "create_model",
     "is_fashion_mnist",
     "load_trained_model",
     "open_dataset",
     "resolve_data_config",
 ]
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with one-line errors for the user's part: an unknown name (with the
+    closest registered names) and keyword arguments the model does not take (with the ones it does)."""
+    import difflib
+
+    import fcvit  # noqa: F401  (registers this project's models with timm)
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ValueError(f"unknown model {name!r}" + (f"; closest: {', '.join(close)}" if close else ""))
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model {name} does not take these arguments ({e}){_accepted(e)}") from None
+
+
+def _accepted(e: TypeError) -> str:
+    """``"; it accepts: a, b, ..."``: the keyword arguments of the model class timm's builder called (found in the
+    traceback's ``build_model_with_cfg`` frame) and of the bases it hands ``**kwargs`` on to; empty if unknown."""
+    import inspect
+
+    cls, tb = None, e.__traceback__
+    while tb is not None:
+        cls = tb.tb_frame.f_locals.get("model_cls", cls)
+        tb = tb.tb_next
+    if not isinstance(cls, type):
+        return ""
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters.values()
+        accepted += [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if klass is nn.Module or not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return f"; it accepts: {', '.join(dict.fromkeys(accepted))}"
 
 
 def is_fashion_mnist(data: str) -> bool:
@@ -214,7 +251,7 @@ def load_trained_model(
         head = weights.get(f"{classifier}.weight")
         num_classes = head.shape[0] if head is not None else 1000
     in_chans = in_chans or (saved_config["input_size"][0] if saved_config else 3)
-    model = timm.create_model(model_name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.load_state_dict(weights)
     model.eval()
     if saved_config:

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from ..accel import NO_OPTIMIZE_HELP
+from ..errors import non_negative_int, positive_int
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -113,7 +114,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-kwargs", metavar="JSON", help="extra timm.create_model arguments (checkpoints of other tools)"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-optimize", action="store_true", help=NO_OPTIMIZE_HELP)
 
@@ -135,9 +136,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder root")
     p.add_argument("--data-dir", help="torchvision-style Fashion-MNIST root")
     p.add_argument("--split", default="val", help="sub-folder / split to validate on")
-    p.add_argument("--limit", type=int, help="validate on the first N images only")
-    p.add_argument("--img-size", type=int, help="override the checkpoint's input size")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--limit", type=positive_int, help="validate on the first N images only")
+    p.add_argument("--img-size", type=positive_int, help="override the checkpoint's input size")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' ...")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
     p.set_defaults(func=run_validate)
@@ -145,5 +146,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="top-k classes of images (any size or mode)")
     _add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image")
     p.set_defaults(func=run_predict)

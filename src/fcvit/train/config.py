@@ -20,7 +20,18 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "load_config", "save_config"]
+from ..atomic import atomic_write_text
+from .distributed import DEFAULT_TIMEOUT_S
+
+__all__ = [
+    "TrainConfig",
+    "add_config_arguments",
+    "check_config",
+    "config_from_args",
+    "load_config",
+    "read_yaml_mapping",
+    "save_config",
+]
 
 FASHION_MNIST = "fashion-mnist"
 
@@ -113,12 +124,14 @@ class TrainConfig:
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks (CUDA only)")
     seed: int = _f(42, "random seed (each rank adds its rank)")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms (and no cuDNN benchmark)")
-    dist_timeout: float = _f(1800.0, "seconds a rank waits in a collective before failing")
+    dist_timeout: float = _f(
+        DEFAULT_TIMEOUT_S, "seconds a rank waits in a collective for the others before the run fails"
+    )
 
     # run directory
     output: str = _f("runs", "parent directory of run directories")
     experiment: str = _f(
-        "", "run directory name (default: MODEL-DATA-TIMESTAMP; --resume continues in the checkpoint's)"
+        "", "run directory name (default: MODEL-DATA-TIMESTAMP-RANDOM; --resume continues in the checkpoint's)"
     )
     resume: str = _f("", "resume from this checkpoint (model, EMA, optimizer, scheduler, scaler, step, RNG)")
     checkpoint_every: int = _f(500, "also save checkpoint-last.pth every N optimizer steps (0: only per epoch)")
@@ -180,26 +193,78 @@ def _from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
+# lowest accepted value of numeric fields (None: unset, automatic); sizes, counts and limits start at 1
+_AT_LEAST = {
+    "img_size": 1,
+    "in_chans": 1,
+    "train_limit": 1,
+    "val_limit": 1,
+    "epochs": 1,
+    "batch_size": 1,
+    "lr_base_size": 1,
+    "log_interval": 1,
+    "workers": 0,
+    "crop_pad": 0,
+    "checkpoint_every": 0,
+    "warmup_epochs": 0,
+    "weight_decay": 0,
+    "drop_path": 0,
+    "drop": 0,
+    "mixup": 0,
+    "cutmix": 0,
+    "reprob": 0,
+    "smoothing": 0,
+    "hflip": 0,
+}
+_POSITIVE = ("lr", "lr_base", "dist_timeout", "model_ema_decay")
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Refuse values that cannot be meant (``--epochs 0``, ``--img-size 0``, ``--in-chans -1`` ...), naming the flag."""
+    for name, low in _AT_LEAST.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    for name in _POSITIVE:
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return cfg
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (empty file: ``{}``); errors name the file and, for bad YAML, the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}{where}: malformed YAML ({problem})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of keys to values")
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Defaults, then ``base`` (a resumed checkpoint's config), then the YAML file at ``path``, then ``overrides``."""
     values: dict[str, Any] = _from_mapping(base or {}, "checkpoint config")
     if path:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of keys to values")
-        values.update(_from_mapping(loaded, str(path)))
+        values.update(_from_mapping(read_yaml_mapping(path), str(path)))
     values.update(_from_mapping(overrides or {}, "command line"))
-    return TrainConfig(**values)
+    return check_config(TrainConfig(**values))
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write ``cfg`` as YAML (keys in field order); :func:`load_config` reads it back equal."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML (keys in field order), atomically; :func:`load_config` reads it back equal."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,20 +7,26 @@ and every helper here degrades to the identity.
 
 Failure: a rank that raises exits non-zero; torchrun's agent then stops the other ranks and exits
 non-zero itself. Ranks left waiting in a collective on a dead peer fail fast on gloo (connection
-closed) and, as a backstop under launchers that do not tear workers down, after ``timeout_s``.
+closed) and, for a rank that hangs rather than dies, after ``timeout_s`` (:data:`DEFAULT_TIMEOUT_S`);
+:func:`peer_failures` turns either into one line, :class:`RankLostError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "DistInfo",
+    "RankLostError",
     "all_reduce_sum",
     "barrier",
     "broadcast_buffers",
@@ -32,8 +38,23 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "peer_failures",
     "pick_device",
 ]
+
+# How long a rank waits in a collective for the others. Ranks do the same work between collectives (a step,
+# a validation pass over an equal shard), so what one rank waits for is the others' lag, not their work: at
+# most rank 0's writes (a checkpoint of fcvit_b48 with optimizer and EMA state, ~1.4 GB: seconds to tens of
+# seconds) and start-up skew (data-loader workers, torch.compile: tens of seconds). Five minutes is ten times
+# that, and a hung rank stops the job in 5 minutes instead of torch's 30. --dist-timeout raises it.
+DEFAULT_TIMEOUT_S = 300.0
+
+# gloo's messages for a peer that stopped answering (timeout) or went away (connection closed/reset)
+_PEER_FAILURE = re.compile(r"Timed out waiting|Connection closed by peer|Connection reset by peer|Broken pipe")
+
+
+class RankLostError(RuntimeError):
+    """Another rank stopped answering in a collective (hung past ``--dist-timeout``, or gone)."""
 
 
 @dataclass(frozen=True)
@@ -58,16 +79,23 @@ def pick_device(device: str | None = None, local_rank: int = 0) -> torch.device:
     """``'auto'``/None: CUDA (``cuda:local_rank``) if available, else CPU; otherwise the device named."""
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     return dev
 
 
-def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
     """Join the torchrun process group if the environment asks for one; pick this process's device.
 
     ``device``: ``"auto"``/``None`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
@@ -84,6 +112,21 @@ def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> Di
             kwargs["device_id"] = dev  # binds NCCL to this GPU (eager init, no guessing)
         dist.init_process_group(**kwargs)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+@contextlib.contextmanager
+def peer_failures(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+    """Inside: gloo's error for a peer that timed out or went away becomes one-line :class:`RankLostError`."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if not is_distributed() or not _PEER_FAILURE.search(text):
+            raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])  # drop gloo's [source:line] prefix
+        raise RankLostError(
+            f"another rank stopped answering ({reason}); it died or hung for over --dist-timeout {timeout_s:g} s"
+        ) from None
 
 
 def cleanup_distributed() -> None:

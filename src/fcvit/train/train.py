@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -36,19 +35,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..accel import optimize
 from ..models.complexity import count_params
-from .build import create_loaders, is_fashion_mnist, open_dataset, resolve_data_config
+from ..rundir import clean_orphans, new_run_dir
+from .build import create_loaders, create_model, is_fashion_mnist, open_dataset, resolve_data_config
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     broadcast_buffers,
-    broadcast_object,
     cleanup_distributed,
     gather_objects,
     init_distributed,
+    peer_failures,
 )
 from .logger import Progress, RunLogger, format_duration
+from .resume import check_resume_config, restore_optimizer
 from .utils import NonFiniteLossError, evaluate, get_rng_state, read_weights, seed_everything, set_rng_state
 
 __all__ = ["train"]
@@ -119,17 +120,19 @@ class State:
     epoch_sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0.0, "skipped": 0.0})
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's row
     elapsed_before: float = 0.0  # seconds trained before this process (resumed runs)
+    saved_step: int | None = None  # step of the checkpoint-last.pth on disk, None before the first
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary also written to ``summary.json``. Raises on failure."""
     t0 = time.perf_counter()
-    run, state = set_up(cfg, init_distributed(cfg.device, cfg.dist_timeout))
-    for epoch in range(state.epoch, run.cfg.epochs):
-        t_epoch = time.perf_counter()
-        train_one_epoch(run, state, epoch, t0)
-        end_epoch(run, state, epoch, t0, t_epoch)
-    summary = finish(run, state, t0)
+    with peer_failures(cfg.dist_timeout):
+        run, state = set_up(cfg, init_distributed(cfg.device, cfg.dist_timeout))
+        for epoch in range(state.epoch, run.cfg.epochs):
+            t_epoch = time.perf_counter()
+            train_one_epoch(run, state, epoch, t0)
+            end_epoch(run, state, epoch, t0, t_epoch)
+        summary = finish(run, state, t0)
     # On the success path only: after an error a rank exits non-zero at once, since the others may never reach
     # cleanup_distributed's barrier (they fail in their next collective instead).
     cleanup_distributed()
@@ -144,6 +147,9 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
+    changes = check_resume_config(ckpt, cfg) if ckpt is not None else []
+    run_dir = Path(cfg.resume).parent if ckpt is not None else new_run_dir(cfg.output, cfg.experiment, _stem(cfg))
+    clean_orphans(run_dir)
 
     cfg = dataclasses.replace(cfg, in_chans=cfg.in_chans or (1 if is_fashion_mnist(cfg.data) else 3))
     train_set, class_names = open_dataset(cfg.data, cfg.train_split, cfg.in_chans, cfg.data_dir, cfg.train_limit)
@@ -168,7 +174,8 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
-    state = State() if ckpt is None else _resume(ckpt, dist, model, ema, optimizer, scheduler, scaler)
+    state = State() if ckpt is None else _resume(ckpt, cfg.resume, dist, model, ema, optimizer, scaler)
+    scheduler.step_update(num_updates=state.step)  # the schedule of this config, at the step resumed from
     ddp_model = model
     if world > 1:
         # gradients as views of DDP's buckets: no copy, and no stride mismatch with channels-last weights
@@ -177,7 +184,6 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
         )
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
-    run_dir = _run_dir(cfg)
     logger = RunLogger(
         run_dir,
         enabled=dist.is_main,
@@ -214,7 +220,8 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
         f"{data_config['input_size'][-1]} px) on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
         f"{len(class_names)} classes; {world} process(es) on {device}, global batch {cfg.batch_size * world}, "
         f"lr {cfg.lr:.3g}; run dir {run_dir}"
-        + (f"; resumed at epoch {state.epoch + 1} batch {state.batch}" if ckpt else ""),
+        + (f"; resumed at epoch {state.epoch + 1} batch {state.batch}" if ckpt else "")
+        + (f"; changed on resume: {', '.join(changes)}" if changes else ""),
     )
     return run, state
 
@@ -222,7 +229,7 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
 def _create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The model, seeded so that every rank starts from the same weights, optimised unless ``--no-optimize``."""
     torch.manual_seed(cfg.seed)
-    model = timm.create_model(
+    model = create_model(
         cfg.model,
         pretrained=cfg.pretrained,
         num_classes=num_classes,
@@ -255,12 +262,9 @@ def _create_optimizer(cfg: TrainConfig, model: nn.Module, updates_per_epoch: int
     return optimizer, scheduler
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
-    """The checkpoint's directory for a resumed run, else ``--output/--experiment`` (one name for all ranks)."""
-    if cfg.resume:
-        return Path(cfg.resume).parent
-    name = cfg.experiment or f"{cfg.model}-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(cfg.output) / broadcast_object(name)
+def _stem(cfg: TrainConfig) -> str:
+    """The start of a default run directory name: ``MODEL-DATA``."""
+    return f"{cfg.model}-{Path(cfg.data).name}"
 
 
 def _mixup_and_loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
@@ -281,15 +285,19 @@ def _mixup_and_loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, n
     return None, nn.CrossEntropyLoss()
 
 
-def _resume(ckpt: dict, dist: DistInfo, model, ema, optimizer, scheduler, scaler) -> State:
-    """Load every piece of the run from ``ckpt``; each rank takes back its own RNG state and partial-epoch sums."""
+def _resume(ckpt: dict, path: str, dist: DistInfo, model, ema, optimizer, scaler) -> State:
+    """Load every piece of the run from ``ckpt``; each rank takes back its own RNG state and partial-epoch sums.
+
+    The optimizer keeps its per-parameter state and takes its hyperparameters (lr, weight decay ...) from the
+    config; the schedule is rebuilt from the config at the resumed step, so flags given with ``--resume`` hold.
+    """
     model.load_state_dict(ckpt["model"])
     if ema is not None and ckpt.get("model_ema") is not None:
         ema.module.load_state_dict(ckpt["model_ema"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    restore_optimizer(optimizer, ckpt["optimizer"], path)
     scaler.load_state_dict(ckpt["scaler"])
     state = State(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best"], metrics=ckpt["metrics"])
+    state.saved_step = ckpt["step"] if Path(path).name == LAST else None
     state.elapsed_before = ckpt["elapsed_s"]
     rng, sums = ckpt["rng"], ckpt["epoch_sums"]  # one entry per rank of the saving run
     same_layout = len(rng) == dist.world_size
@@ -334,8 +342,7 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"loss is {loss_value} at epoch {epoch + 1}, batch {batch + 1} (step {state.step + 1}): training "
-                f"stopped before this step changed the weights. The last good checkpoint, "
-                f"{run.run_dir / LAST}, is untouched; resume from it with a lower --lr, --clip-grad or --no-amp."
+                f"stopped before this step changed the weights. {_last_good(run, state)}"
             )
         run.scaler.scale(loss).backward()
         if cfg.clip_grad:
@@ -407,9 +414,25 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
         save(run, state, run.run_dir / BEST, t0)
 
 
+def _last_good(run: Run, state: State) -> str:
+    """What the NaN stop says about the checkpoint to resume from."""
+    path, advice = run.run_dir / LAST, "resume from it with a lower --lr, --clip-grad or --no-amp."
+    if state.saved_step is not None:
+        return f"The last good checkpoint, {path} (step {state.saved_step}), is untouched; {advice}"
+    if path.exists():  # resumed from another file (e.g. checkpoint-best.pth) and not saved since
+        return f"{path}, written before this process started, is untouched; {advice}"
+    return f"No checkpoint was written yet ({path} does not exist); start again with a lower --lr or --clip-grad."
+
+
 def save(run: Run, state: State, path: Path, t0: float) -> None:
     """Checkpoint for resuming at ``state.batch`` of ``state.epoch`` (collective: every rank adds its RNG state
-    and partial-epoch sums)."""
+    and partial-epoch sums). Weights that are no longer finite are not saved: the run stops as for a NaN loss,
+    and the checkpoint on disk keeps the last finite state."""
+    if not bool(torch.stack([p.isfinite().all() for p in run.model.parameters()]).all()):
+        raise NonFiniteLossError(
+            f"the weights are no longer finite at step {state.step} (the loss was finite): training stopped "
+            f"without saving. {_last_good(run, state)}"
+        )
     rng, sums = gather_objects(get_rng_state()), gather_objects(dict(state.epoch_sums))
     broadcast_buffers(run.model)
     if run.ema is not None:
@@ -439,6 +462,8 @@ def save(run: Run, state: State, path: Path, t0: float) -> None:
         "data_config": run.data_config,
     }
     save_checkpoint(checkpoint, path)
+    if path.name == LAST:
+        state.saved_step = state.step
 
 
 def finish(run: Run, state: State, t0: float) -> dict[str, Any]:
