@@ -223,12 +223,18 @@ def test_distillation_token_loss_and_averaged_heads(fm_root, tmp_path):
     with pytest.raises(ValueError, match="single prediction"):
         DistillationLoss(base, Fixed(), "hard")(cls, labels, inputs)
 
-    # a teacher that reads other images, a model without a distillation token: one-line errors
-    big = ["--model", "test_deit_attn_softmax", "--model-kwargs", json.dumps({**STUDENT_KWARGS, "img_size": 32})]
-    assert main(["train", *big, *common, "--img-size", "32", "--experiment", "t32"]) == 0
+    # a teacher trained at another size sees the student's images resized to its own
+    loss = DistillationLoss(base, Fixed(), "hard", teacher_size=(32, 32))
+    seen = []
+    loss.teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    loss((cls, dist), labels, torch.zeros(2, 1, 28, 28))
+    assert seen == [torch.Size([2, 1, 32, 32])]
+
+    # a teacher that reads other images (RGB), a model without a distillation token: one-line errors
+    assert main(["train", *teacher_args, *common, "--in-chans", "3", "--experiment", "rgb"]) == 0
     bad = ["train", *STUDENT, json.dumps(STUDENT_KWARGS), *common, "--distill", "soft", "--experiment", "bad"]
     with pytest.raises(ValueError, match="input_size"):
-        train_module.train(_cfg([*bad, "--teacher", str(tmp_path / "t32" / "checkpoint-last.pth")]))
+        train_module.train(_cfg([*bad, "--teacher", str(tmp_path / "rgb" / "checkpoint-last.pth")]))
     with pytest.raises(ValueError, match="no distillation token"):
         train_module.train(_cfg(["train", *teacher_args, *common, "--distill", "hard", "--teacher", teacher]))
 

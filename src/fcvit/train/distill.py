@@ -30,10 +30,19 @@ class DistillationLoss(nn.Module):
 
     ``hard``: cross-entropy of the distillation logits against the teacher's argmax. ``soft``: KL divergence
     between the student's and the teacher's distributions at temperature ``tau``, times ``tau**2``, averaged
-    over the logits (DeiT's normalisation). The teacher sees the same (augmented, mixed) images as the student.
+    over the logits (DeiT's normalisation). The teacher sees the same (augmented, mixed) images as the student,
+    resized (bicubic) to ``teacher_size`` when it was trained at another size.
     """
 
-    def __init__(self, base: nn.Module, teacher: nn.Module, kind: str, alpha: float = 0.5, tau: float = 1.0):
+    def __init__(
+        self,
+        base: nn.Module,
+        teacher: nn.Module,
+        kind: str,
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        teacher_size: tuple[int, int] | None = None,
+    ):
         super().__init__()
         if kind not in ("hard", "soft"):
             raise ValueError(f"--distill must be 'hard' or 'soft' to distil, got {kind!r}")
@@ -42,6 +51,7 @@ class DistillationLoss(nn.Module):
         if not tau > 0:
             raise ValueError(f"--distill-tau must be positive, got {tau}")
         self.base, self.teacher, self.kind, self.alpha, self.tau = base, teacher, kind, alpha, tau
+        self.teacher_size = None if teacher_size is None else tuple(teacher_size)
 
     def forward(
         self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor, inputs: torch.Tensor
@@ -53,6 +63,8 @@ class DistillationLoss(nn.Module):
             )
         logits, logits_dist = outputs
         with torch.no_grad():
+            if self.teacher_size is not None and tuple(inputs.shape[-2:]) != self.teacher_size:
+                inputs = F.interpolate(inputs, size=self.teacher_size, mode="bicubic", align_corners=False)
             teacher_logits = self.teacher(inputs)
         if self.kind == "soft":
             t = self.tau
@@ -71,14 +83,17 @@ def _same(a: Any, b: Any) -> bool:
     return len(a) == len(b) and all(math.isclose(float(x), float(y), rel_tol=1e-4) for x, y in zip(a, b))
 
 
-def load_teacher(cfg: TrainConfig, data_config: dict[str, Any], num_classes: int, device: torch.device) -> nn.Module:
+def load_teacher(
+    cfg: TrainConfig, data_config: dict[str, Any], num_classes: int, device: torch.device
+) -> tuple[nn.Module, tuple[int, int]]:
     """The teacher of ``cfg.teacher`` in eval mode without gradients, on ``device``, optimised unless
-    ``--no-optimize``. It must read the student's images (input size, mean, std) and predict its classes."""
+    ``--no-optimize``, and its input size. It must read the student's images (channels, mean, std; the size may
+    differ: :class:`DistillationLoss` resizes) and predict the student's classes."""
     if not cfg.teacher:
         raise ValueError(f"--distill {cfg.distill} needs --teacher CHECKPOINT")
     teacher, teacher_data, _ = load_trained_model(cfg.teacher_model or None, cfg.teacher, cfg.teacher_ema)
-    for key in ("input_size", "mean", "std"):
-        if not _same(teacher_data[key], data_config[key]):
+    for key, part in (("input_size", slice(0, 1)), ("mean", slice(None)), ("std", slice(None))):
+        if not _same(teacher_data[key][part], data_config[key][part]):
             raise ValueError(
                 f"--teacher {cfg.teacher}: its {key} is {list(teacher_data[key])}, the student's "
                 f"{list(data_config[key])}; the teacher must read the student's images"
@@ -89,4 +104,5 @@ def load_teacher(cfg: TrainConfig, data_config: dict[str, Any], num_classes: int
     teacher = optimize(teacher, "auto" if cfg.optimize else None)
     teacher.requires_grad_(False)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return teacher.to(device=device, memory_format=memory_format).eval()
+    size = (int(teacher_data["input_size"][1]), int(teacher_data["input_size"][2]))
+    return teacher.to(device=device, memory_format=memory_format).eval(), size

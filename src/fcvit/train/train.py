@@ -196,8 +196,8 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
         save_config(cfg, run_dir / "config.yaml")
     mixup, loss_fn = _mixup_and_loss(cfg, len(class_names))
     if cfg.distill != "none":
-        teacher = load_teacher(cfg, data_config, len(class_names), device)
-        loss_fn = DistillationLoss(loss_fn, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+        teacher, size = load_teacher(cfg, data_config, len(class_names), device)
+        loss_fn = DistillationLoss(loss_fn, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau, size)
         model.distilled_training = True  # the class and distillation predictions apart in training
     run = Run(
         cfg=cfg,
