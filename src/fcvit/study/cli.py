@@ -17,6 +17,7 @@ def run_run(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
+        tasks_per_node=args.tasks_per_node,
         cpus_per_task=args.cpus_per_task,
         partition=args.partition,
         timeout_min=args.timeout,
@@ -64,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--parallel", type=int, default=1, help="runs at once with the local executor [default: 1]")
     r.add_argument("--nodes", type=int, default=1, help="nodes per run (slurm) [default: 1]")
     r.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one DDP task each [default: 0]")
+    r.add_argument(
+        "--tasks-per-node", type=int, default=0, help="DDP tasks per node [default: one per GPU, 1 without GPUs]"
+    )
     r.add_argument("--cpus-per-task", type=int, help="CPUs per task (slurm)")
     r.add_argument("--partition", help="Slurm partition")
     r.add_argument("--timeout", type=int, default=24 * 60, help="minutes per job; slurm requeues it [default: 1440]")

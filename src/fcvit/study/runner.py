@@ -245,7 +245,7 @@ def _write_study_file(study: Study, root: Path) -> None:
 
 @dataclass(frozen=True)
 class ExecutorOptions:
-    """Resources of each run: ``--nodes x --gpus-per-node`` tasks (one per GPU; one CPU task without GPUs);
+    """Resources of each run: ``nodes x tasks_per_node`` DDP tasks (default: one per GPU, one without GPUs);
     ``threads`` torch threads per run (0: torch's default); ``parallel`` runs at once on this machine (local)."""
 
     kind: str = "local"
@@ -253,6 +253,7 @@ class ExecutorOptions:
     parallel: int = 1
     nodes: int = 1
     gpus_per_node: int = 0
+    tasks_per_node: int = 0
     cpus_per_task: int | None = None
     partition: str | None = None
     timeout_min: int = 24 * 60
@@ -262,7 +263,7 @@ def create_executor(options: ExecutorOptions, folder: Path):
     """submitit's executor for ``options.kind``, its resources set."""
     import submitit
 
-    tasks = max(1, options.gpus_per_node)
+    tasks = options.tasks_per_node or max(1, options.gpus_per_node)
     if options.kind == "slurm":
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=20)
         params: dict[str, Any] = dict(
@@ -335,7 +336,7 @@ def run_study(
 
     def collect(run: Run, status: str, job) -> None:
         try:
-            line = _result_line(run, job.result(), status)
+            line = _result_line(run, job.results()[0], status)  # rank 0 of a multi-task job
         except Exception as e:  # a failed run: say so and go on with the others
             failed.append(run.label)
             line = f"{run.label}: FAILED ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})"
