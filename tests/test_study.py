@@ -4,10 +4,12 @@ statistics on constructed numbers; study-file errors; DeiT distillation (token, 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 import yaml
@@ -22,7 +24,9 @@ from fcvit.train.build import load_trained_model
 from fcvit.train.checkpoint import load_checkpoint
 from fcvit.train.distill import DistillationLoss
 
-pytest.importorskip("submitit", reason="fcvit study runs through submitit (pip install submitit)")
+needs_submitit = pytest.mark.skipif(
+    importlib.util.find_spec("submitit") is None, reason="fcvit study runs through submitit (pip install submitit)"
+)
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 RESULT_KEYS = ("top1", "top5", "loss", "best_top1", "best_epoch", "steps", "epochs")
@@ -51,6 +55,7 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs."""
 
 
+@needs_submitit
 def test_study_killed_resumes_to_the_uninterrupted_results_and_reports(fm_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the local executor's subprocesses: one thread, as this process
     study_path = _study_file(tmp_path / "tiny.yaml", fm_root)
@@ -244,3 +249,24 @@ def _cfg(argv):
     from fcvit.train.config import config_from_args
 
     return config_from_args(build_parser().parse_args(argv))
+
+
+def test_distilled_deit_keeps_the_model_contract_and_pool_mixer():
+    from timm.layers import create_feature_extractor
+
+    from fcvit.layers import create_token_mixer
+
+    model = timm.create_model("test_deit_attn_softmax", distilled=True).eval()
+    assert model.num_prefix_tokens == 2 and model.pos_embed.shape[1] == 16 + 2  # class, distillation, patches
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+        assert torch.allclose(torch.jit.script(model)(x), y, atol=1e-5)
+        assert create_feature_extractor(model, return_nodes=["blocks.1"])(x)["blocks.1"].shape == (2, 18, 32)
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5) and model.head_dist.out_features == 5
+    with pytest.raises(ValueError, match="DeiT host"):
+        timm.create_model("test_swin_attn_softmax", distilled=True)
+    pool = create_token_mixer("pool", 8)
+    m = torch.randn(1, 8, 5, 5)
+    assert torch.allclose(pool(m), F.avg_pool2d(m, 3, 1, 1, count_include_pad=False) - m)
