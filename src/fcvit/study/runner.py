@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 from ..train.logger import format_duration
 from .study import Study, StudyError
 
@@ -177,9 +177,9 @@ def _export_images(root: Path, study: Study, config: dict[str, Any], count: int)
         dataset, names = open_dataset(
             config["data"], config["val_split"], config["in_chans"] or 3, config["data_dir"], count
         )
-        for i, p in enumerate(paths):
-            image, label = dataset[i]
-            image.save(p.with_name(f"val{i:03d}.png"))
+        for i, p in enumerate(paths):  # atomically: runs analysed in parallel may write them at once
+            image = dataset[i][0]
+            atomic_write(p, lambda tmp, image=image: image.save(tmp, format="PNG"))
     return [str(p) for p in paths]
 
 
