@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "fcvit.train.cli",
     "fcvit.bench.cli",
     "fcvit.export",
+    "fcvit.study.cli",
 )
 
 

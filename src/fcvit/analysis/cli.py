@@ -102,6 +102,7 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder (its val/ subfolder if any) or 'fashion-mnist'")
+    p.add_argument("--data-dir", help="torchvision-style Fashion-MNIST root (default: the system copy)")
     p.add_argument("--limit", type=positive_int, help="analyse the first N images only")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loader workers")
@@ -130,14 +131,19 @@ def _load(name: str, checkpoint: str | None, kwargs: dict, args: argparse.Namesp
     import torch
 
     from ..accel import optimize
-    from .maps import create_model, input_config
+    from .maps import create_model, input_config, is_train_checkpoint, load_train_checkpoint
 
     torch.manual_seed(args.seed)
-    model = create_model(name, checkpoint, kwargs, args.img_size).to(_device(args))
+    if checkpoint and is_train_checkpoint(checkpoint):
+        model, cfg = load_train_checkpoint(name, checkpoint, kwargs, args.img_size)
+    else:
+        model = create_model(name, checkpoint, kwargs, args.img_size)
+        cfg = input_config(model, args.img_size)
+    model.to(_device(args))
     optimize(model, None if args.no_optimize else "auto")
     if not checkpoint:
         print(f"note: {name} has random weights (no checkpoint given)", file=sys.stderr)
-    return model, input_config(model, args.img_size)
+    return model, cfg
 
 
 def _batch(images: list, cfg: dict, device: str):
@@ -386,7 +392,7 @@ def run_stats(args: argparse.Namespace) -> None:
     from .plots import depth_figure
 
     model, cfg = _load(args.model, args.checkpoint, args.model_kwargs, args)
-    dataset = build_dataset(args.data, cfg, args.limit)
+    dataset = build_dataset(args.data, cfg, args.limit, args.data_dir)
     layers, count = _dataset_layers(model, dataset, args)
     os.makedirs(args.output, exist_ok=True)
     record = _dataset_record("stats", args, model, count, layers)
@@ -412,7 +418,7 @@ def run_compare(args: argparse.Namespace) -> None:
     for label, checkpoint in zip(labels, args.checkpoints):
         model, cfg = _load(args.model, checkpoint, args.model_kwargs, args)
         if dataset is None:
-            dataset = build_dataset(args.data, cfg, args.limit)
+            dataset = build_dataset(args.data, cfg, args.limit, args.data_dir)
         layers, count = _dataset_layers(model, dataset, args)
         series[label] = [layer["statistics"] for layer in layers]
     os.makedirs(args.output, exist_ok=True)

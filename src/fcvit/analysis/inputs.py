@@ -53,8 +53,11 @@ def to_display(x: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
     return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def build_dataset(data: str, cfg: dict[str, Any], limit: int | None = None) -> Dataset:
-    """``fashion-mnist`` (its test split) or an image folder (its ``val/`` subfolder if any, read by timm).
+def build_dataset(
+    data: str, cfg: dict[str, Any], limit: int | None = None, data_dir: str | os.PathLike | None = None
+) -> Dataset:
+    """``fashion-mnist`` (its test split, from ``data_dir`` or the system copy) or an image folder (its ``val/``
+    subfolder if any, read by timm).
 
     Items are ``(input tensor, label)`` through the eval transform of ``cfg``; ``limit`` keeps the first N.
     timm's folder reader takes images with or without class subfolders.
@@ -64,7 +67,7 @@ def build_dataset(data: str, cfg: dict[str, Any], limit: int | None = None) -> D
 
     transform = create_eval_transform(cfg)
     if data == "fashion-mnist":
-        return FashionMNIST("test", transform=transform, limit=limit)
+        return FashionMNIST("test", root=data_dir, transform=transform, limit=limit)
     if not os.path.isdir(data):
         raise FileNotFoundError(f"data folder {data!r} does not exist (give a folder of images or 'fashion-mnist')")
     from timm.data import create_dataset

@@ -12,6 +12,7 @@ from .channel_mixer import ChannelMixer
 from .depthwise import DepthwiseConv2d
 from .fcvit_mixer import FCViTMixer, MixerSettings, MixingRound, PointwiseMlp
 from .global_context import GlobalContext
+from .pooling import pooling
 from .registry import create_token_mixer, list_token_mixers, register_token_mixer
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "PointwiseMlp",
     "create_token_mixer",
     "list_token_mixers",
+    "pooling",
     "register_token_mixer",
 ]

@@ -17,6 +17,8 @@ Keyword arguments (defaults: the paper's rows):
   Default ``"rel"`` for ``attn_ln``, ``attn_ln_relu`` and ``dwattn`` (the paper reports them only so / uses it by
   default), ``"abs"`` otherwise. Swin: ``"rel"`` is Swin's window bias table; ``"abs"`` removes it for a learned
   map added after the patch embedding (Swin's ``ape``); default ``"rel"``.
+* DeiT ``distilled=True``: DeiT's distillation token and head (:class:`DistilledDynConvViT`), for students of
+  ``fcvit train --distill``.
 * DeiT ``class_token=True|False``: False classifies the average of the tokens (the paper's fix for LayerNorm,
   Table 2); default False for ``attn_ln`` and ``attn_ln_relu``.
 
@@ -48,7 +50,8 @@ from ..layers.attention import (
 )
 from ._registry import imagenet_cfg, register_model, register_paper_figures
 
-__all__ = ["DynConvSwin", "DynConvViT", "checkpoint_filter_fn"]  # the model functions are appended by timm
+# the model functions are appended by timm
+__all__ = ["DistilledDynConvViT", "DynConvSwin", "DynConvViT", "checkpoint_filter_fn"]
 
 _logger = logging.getLogger(__name__)
 
@@ -199,6 +202,58 @@ class DynConvViT(VisionTransformer):
                 block.attn = DynamicAttention(self.embed_dim, old.num_heads, activation, rel_pos=rel_pos, **args)
             if kwargs.get("weight_init") != "skip":
                 named_apply(get_init_weights_vit(self.weight_init_mode, needs_reset=False), block.attn)
+
+
+class DistilledDynConvViT(DynConvViT):
+    """:class:`DynConvViT` with DeiT's distillation token (timm's ``VisionTransformerDistilled`` layout).
+
+    A second learned token after the class token, with its own position entry (``pos_embed="abs"``) and its own
+    head ``head_dist``. In training with ``distilled_training`` set, ``forward`` returns ``(class logits,
+    distillation logits)`` for :class:`fcvit.train.distill.DistillationLoss`; otherwise (evaluation, inference)
+    the average of the two heads, as DeiT. Built on timm's register-token slot, which has the place and position
+    entry DeiT gives the distillation token; the parameter is renamed ``dist_token`` as in DeiT.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if not kwargs.get("class_token", True) or kwargs.get("global_pool") not in (None, "token"):
+            raise ValueError("DistilledDynConvViT: the distillation token sits beside a class token (no pooling)")
+        if kwargs.get("reg_tokens") or kwargs.get("dynamic_img_size"):
+            raise ValueError("DistilledDynConvViT: register tokens and dynamic_img_size are not supported")
+        super().__init__(*args, reg_tokens=1, **kwargs)  # num_prefix_tokens = 2 before the attention is built
+        self.dist_token = self.reg_token
+        self.reg_token = None
+        if kwargs.get("weight_init") != "skip":
+            trunc_normal_(self.dist_token, std=0.02)
+        self.head_dist = nn.Linear(self.embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
+        if kwargs.get("weight_init") != "skip":
+            named_apply(get_init_weights_vit(self.weight_init_mode, needs_reset=False), self.head_dist)
+        self.distilled_training = False
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        x = torch.cat((self.cls_token.expand(B, -1, -1), self.dist_token.expand(B, -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "", "token"):
+            raise ValueError(f"DistilledDynConvViT reads its class and distillation tokens, not {global_pool!r}")
+        super().reset_classifier(num_classes)
+        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (x + x_dist) / 2
+        x, x_dist = self.head(x), self.head_dist(x_dist)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
 
 
 # --- Swin: timm's WindowAttention with another activation, or depth-wise ---------------------------------------
@@ -487,9 +542,13 @@ def _variant_cfgs(host: str, mixer: str) -> dict[str, dict[str, Any]]:
 default_cfgs = generate_default_cfgs({k: v for h in HOSTS for m in MIXERS for k, v in _variant_cfgs(h, m).items()})
 
 
-def _create(host: str, mixer: str, pretrained: bool = False, **kwargs) -> nn.Module:
+def _create(host: str, mixer: str, pretrained: bool = False, distilled: bool = False, **kwargs) -> nn.Module:
     cls, model_args, _, _ = HOSTS[host]
-    if cls is DynConvViT:
+    if distilled:
+        if cls is not DynConvViT:
+            raise ValueError(f"{host}_{mixer}: the distillation token is DeiT's; use a DeiT host")
+        cls = DistilledDynConvViT
+    if issubclass(cls, DynConvViT):
         depth = kwargs.get("depth", model_args["depth"])  # the last three blocks, as timm's ViTs (fewer if shallower)
         feature_cfg = dict(out_indices=kwargs.pop("out_indices", min(3, depth)), feature_cls="getter")
     else:

@@ -109,6 +109,14 @@ class TrainConfig:
     min_lr: float = _f(1e-5, "learning rate at the end of the cosine")
     batch_size: int = _f(64, "batch size per process (global batch = batch size x processes)")
 
+    # distillation (DeiT): a teacher's predictions as the targets of the student's distillation token
+    teacher: str = _f("", "teacher checkpoint (fcvit train, timm or official FCViT); needs --distill hard|soft")
+    teacher_model: str = _f("", "timm model name of the teacher (default: the one recorded in its checkpoint)")
+    teacher_ema: bool = _f(False, "use the teacher checkpoint's EMA weights")
+    distill: str = _f("none", "DeiT distillation: 'none', 'hard' (teacher's argmax) or 'soft' (KL at --distill-tau)")
+    distill_alpha: float = _f(0.5, "weight of the distillation loss; the class token's loss gets 1 - alpha (DeiT)")
+    distill_tau: float = _f(1.0, "temperature of soft distillation (DeiT)")
+
     # weight EMA
     model_ema: bool = _f(True, "keep an exponential moving average of the weights (validated as well)")
     model_ema_decay: float = _f(0.999, "EMA decay (paper recipe: 0.9998)")
@@ -252,13 +260,17 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+    source: str = "command line",
 ) -> TrainConfig:
-    """Defaults, then ``base`` (a resumed checkpoint's config), then the YAML file at ``path``, then ``overrides``."""
+    """Defaults, then ``base`` (a resumed checkpoint's config), then the YAML file at ``path``, then ``overrides``
+    (``source`` names where they come from in errors)."""
     values: dict[str, Any] = _from_mapping(base or {}, "checkpoint config")
     if path:
         values.update(_from_mapping(read_yaml_mapping(path), str(path)))
-    values.update(_from_mapping(overrides or {}, "command line"))
+    values.update(_from_mapping(overrides or {}, source))
     return check_config(TrainConfig(**values))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -39,6 +40,7 @@ from ..rundir import clean_orphans, new_run_dir
 from .build import create_loaders, create_model, is_fashion_mnist, open_dataset, resolve_data_config
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
+from .distill import DISTILL_KINDS, DistillationLoss, load_teacher
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -55,6 +57,7 @@ from .utils import NonFiniteLossError, evaluate, get_rng_state, read_weights, se
 __all__ = ["train"]
 
 LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
+EPOCH_SUMS = ("loss", "n", "skipped", "train_s")
 
 try:  # timm >= 1.0.? ; ModelEmaV2 on older releases (no decay warm-up)
     from timm.utils import ModelEmaV3 as _ModelEma
@@ -117,7 +120,8 @@ class State:
     batch: int = 0  # first batch of ``epoch`` still to train
     step: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
-    epoch_sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0.0, "skipped": 0.0})
+    # per rank: summed loss, images, skipped images and seconds in the training loop of the current epoch
+    epoch_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(EPOCH_SUMS, 0.0))
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's row
     elapsed_before: float = 0.0  # seconds trained before this process (resumed runs)
     saved_step: int | None = None  # step of the checkpoint-last.pth on disk, None before the first
@@ -152,6 +156,10 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     clean_orphans(run_dir)
 
     cfg = dataclasses.replace(cfg, in_chans=cfg.in_chans or (1 if is_fashion_mnist(cfg.data) else 3))
+    if cfg.distill not in DISTILL_KINDS:
+        raise ValueError(f"--distill must be one of {DISTILL_KINDS}, got {cfg.distill!r}")
+    if cfg.distill != "none":  # the student gets DeiT's distillation token (recorded with the model's kwargs)
+        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "distilled": True})
     train_set, class_names = open_dataset(cfg.data, cfg.train_split, cfg.in_chans, cfg.data_dir, cfg.train_limit)
     val_set, val_classes = open_dataset(cfg.data, cfg.val_split, cfg.in_chans, cfg.data_dir, cfg.val_limit)
     if val_classes != class_names:
@@ -193,6 +201,10 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     mixup, loss_fn = _mixup_and_loss(cfg, len(class_names))
+    if cfg.distill != "none":
+        teacher, size = load_teacher(cfg, data_config, len(class_names), device)
+        loss_fn = DistillationLoss(loss_fn, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau, size)
+        model.distilled_training = True  # the class and distillation predictions apart in training
     run = Run(
         cfg=cfg,
         dist=dist,
@@ -229,15 +241,20 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
 def _create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The model, seeded so that every rank starts from the same weights, optimised unless ``--no-optimize``."""
     torch.manual_seed(cfg.seed)
-    model = create_model(
-        cfg.model,
-        pretrained=cfg.pretrained,
-        num_classes=num_classes,
-        in_chans=cfg.in_chans,
-        drop_rate=cfg.drop,
-        drop_path_rate=cfg.drop_path,
-        **cfg.model_kwargs,
-    )
+    try:
+        model = create_model(
+            cfg.model,
+            pretrained=cfg.pretrained,
+            num_classes=num_classes,
+            in_chans=cfg.in_chans,
+            drop_rate=cfg.drop,
+            drop_path_rate=cfg.drop_path,
+            **cfg.model_kwargs,
+        )
+    except ValueError as e:
+        if cfg.distill == "none" or "distilled" not in str(e):
+            raise
+        raise ValueError(f"--distill: {cfg.model} has no distillation token (the DeiT hosts have one)") from None
     if cfg.initial_checkpoint:
         model.load_state_dict(read_weights(cfg.initial_checkpoint)[0])
     return optimize(model, "auto" if cfg.optimize else None)
@@ -303,9 +320,9 @@ def _resume(ckpt: dict, path: str, dist: DistInfo, model, ema, optimizer, scaler
     same_layout = len(rng) == dist.world_size
     set_rng_state(rng[dist.rank] if same_layout else rng[0])
     if same_layout:
-        state.epoch_sums = sums[dist.rank]
+        state.epoch_sums = {**state.epoch_sums, **sums[dist.rank]}
     elif dist.is_main:  # another number of processes: rank 0 carries the whole partial epoch
-        state.epoch_sums = {k: sum(s[k] for s in sums) for k in state.epoch_sums}
+        state.epoch_sums = {k: sum(s.get(k, 0.0) for s in sums) for k in state.epoch_sums}
     return state
 
 
@@ -326,6 +343,7 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
         cfg.log_interval,
         initial=state.batch,
     )
+    t_step = time.perf_counter()
     for batch, (images, targets, skipped) in enumerate(run.train_loader.batches(epoch, state.batch), state.batch):
         state.epoch_sums["skipped"] += skipped
         if len(targets) == 0:
@@ -337,7 +355,11 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
                 images, targets = images[:-1], targets[:-1]
             images, targets = run.mixup(images, targets)
         with run.autocast():
-            loss = run.loss_fn(run.ddp_model(images), targets)
+            outputs = run.ddp_model(images)
+            if isinstance(run.loss_fn, DistillationLoss):
+                loss = run.loss_fn(outputs, targets, images)
+            else:
+                loss = run.loss_fn(outputs, targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
@@ -359,6 +381,8 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
         lr = optimizer.param_groups[0]["lr"]
         state.epoch_sums["loss"] += loss_value * len(targets)
         state.epoch_sums["n"] += len(targets)
+        state.epoch_sums["train_s"] += time.perf_counter() - t_step
+        t_step = time.perf_counter()
         progress.update(len(targets) * world, loss=loss_value, lr=lr)
         if state.step % cfg.log_interval == 0:
             run.logger.log_scalars(state.step, {"train/loss": loss_value, "train/lr": lr})
@@ -382,6 +406,8 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
     )
     metrics = evaluate_on(run.model)
     row = {"train_loss": train_sums["loss"] / max(train_sums["n"], 1), "lr": run.optimizer.param_groups[0]["lr"]}
+    # images per second of the training loop (data, forward, backward, step), all ranks together
+    row["train_img_per_s"] = train_sums["n"] / max(train_sums["train_s"] / run.dist.world_size, 1e-9)
     row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "top5")})
     score = metrics["top1"]
     if run.ema is not None:
@@ -407,7 +433,7 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
         + (f", {row['skipped_images']} unreadable images skipped" if row["skipped_images"] else "")
         + f" ({format_duration(row['epoch_time_s'])})",
     )
-    state.epoch_sums = {"loss": 0.0, "n": 0.0, "skipped": 0.0}
+    state.epoch_sums = State().epoch_sums
     state.epoch, state.batch = epoch + 1, 0
     save(run, state, run.run_dir / LAST, t0)
     if is_best:
@@ -466,6 +492,12 @@ def save(run: Run, state: State, path: Path, t0: float) -> None:
         state.saved_step = state.step
 
 
+def _median_rate(rows: list[dict[str, Any]]) -> float | None:
+    """The median over epochs of the training throughput in ``metrics.csv``'s rows (None on non-main ranks)."""
+    rates = [float(r["train_img_per_s"]) for r in rows if r.get("train_img_per_s") not in (None, "")]
+    return round(statistics.median(rates), 1) if rates else None
+
+
 def finish(run: Run, state: State, t0: float) -> dict[str, Any]:
     """The summary (``summary.json``), the curves, and the closing line."""
     cfg, last = run.cfg, state.metrics
@@ -482,6 +514,7 @@ def finish(run: Run, state: State, t0: float) -> dict[str, Any]:
         "world_size": run.dist.world_size,
         "params_m": round(count_params(run.model) / 1e6, 3),
         "wall_time_s": round(state.elapsed_before + time.perf_counter() - t0, 1),
+        "train_img_per_s": _median_rate(run.logger.rows),
         "run_dir": str(run.run_dir),
     }
     if run.ema is not None:

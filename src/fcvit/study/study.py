@@ -1,0 +1,191 @@
+"""A study declared in YAML: arms (each a set of ``fcvit train`` config keys) times seeds, and optional analyses.
+
+::
+
+    name: softmax-replacements        # default: the file's stem; runs go to ROOT/<name>/<arm>/seed<k>/
+    seeds: 3                          # seeds 0..N-1 (the train seed of run seed<k> is k)
+    reference: attn_softmax           # the arm the report compares every other arm with (default: the first)
+    train: {epochs: 10, train_limit: 20000}   # config keys shared by every arm (any `fcvit train` key)
+    arms:
+      - name: attn_softmax
+        train: {model: test_deit_attn_softmax, model_kwargs: {img_size: 28, patch_size: 4}}
+      - name: distilled               # --teacher: the best run (top-1) of these arms of another study
+        train: {distill: hard}
+        teacher: {study: mixers, arms: [convnext_atto, resnet18]}
+      - name: plain                   # no training: analyse the runs of another study's arm
+        source: {study: softmax-replacements, arm: attn_softmax}
+    analysis:                         # after training, on each run's final weights (checkpoint-last.pth)
+      stats: {limit: 1000, batch_size: 50}    # `fcvit analyze stats` on the validation split
+      attention: {images: 4}                  # `fcvit analyze attention` (Fig. 2 grids) on the first N val images
+
+Every error is one line naming the file and the entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..train.config import load_config
+
+__all__ = ["ANALYSES", "Arm", "Study", "StudyError", "load_study"]
+
+ANALYSES = {"stats": ("limit", "batch_size"), "attention": ("images", "block", "heads")}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# set by the runner per run: a study must not fix them
+RUNNER_KEYS = ("seed", "output", "experiment", "resume", "teacher")
+
+
+class StudyError(ValueError):
+    """A study file (or a study directory) that cannot be run or reported as it stands."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: the ``fcvit train`` config keys of its runs, or the runs of another study's arm it analyses.
+
+    ``teacher``: ``{"study": NAME, "arms": [ARM, ...]}``, the distillation teacher is the best run of those arms.
+    ``source``: ``{"study": NAME, "arm": ARM}``, no training; the analyses read that arm's runs.
+    """
+
+    name: str
+    train: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    """A declared study; :func:`load_study` builds and checks it."""
+
+    name: str
+    arms: tuple[Arm, ...]
+    seeds: int = 3
+    reference: str = ""
+    description: str = ""
+    analysis: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str = ""
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise StudyError(f"{self.path or self.name}: no arm {name!r} (arms: {', '.join(a.name for a in self.arms)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _keys(value: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise StudyError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(allowed)})")
+
+
+def _check_train(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Train config keys as ``fcvit train`` reads them (``-`` or ``_``), checked by its own config loader."""
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    fixed = sorted(set(values) & set(RUNNER_KEYS))
+    if fixed:
+        raise StudyError(f"{where}: {fixed} are set by `fcvit study run` per run, not by the study")
+    try:
+        load_config(overrides=values, source=where)
+    except (ValueError, TypeError) as e:
+        raise StudyError(str(e)) from None
+    return values
+
+
+def _arm(entry: Any, common: dict[str, Any], where: str) -> Arm:
+    entry = _mapping(entry, where)
+    _keys(entry, ("name", "train", "teacher", "source"), where)
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StudyError(f"{where}: 'name' must be a folder-safe name (letters, digits, _ . -), got {name!r}")
+    where = f"{where.rsplit(':', 1)[0]}: arm {name!r}"
+    teacher, source = entry.get("teacher"), entry.get("source")
+    if source is not None:
+        source = _mapping(source, f"{where} source")
+        _keys(source, ("study", "arm"), f"{where} source")
+        if not all(isinstance(source.get(k), str) for k in ("study", "arm")) or entry.get("train") or teacher:
+            raise StudyError(f"{where}: 'source' names a study and an arm ({{study: S, arm: A}}) and trains nothing")
+        return Arm(name, source=dict(source))
+    train = _check_train({**common, **_mapping(entry.get("train"), f"{where} train")}, where)
+    if teacher is not None:
+        teacher = _mapping(teacher, f"{where} teacher")
+        _keys(teacher, ("study", "arms"), f"{where} teacher")
+        arms = teacher.get("arms")
+        if not isinstance(teacher.get("study"), str) or not isinstance(arms, list) or not arms:
+            raise StudyError(f"{where}: 'teacher' is {{study: S, arms: [A, ...]}} (the best run of those arms)")
+        if train.get("distill", "none") == "none":
+            raise StudyError(f"{where}: a teacher needs 'distill: hard' or 'distill: soft' in the arm's train keys")
+        teacher = {"study": teacher["study"], "arms": [str(a) for a in arms]}
+    elif train.get("distill", "none") != "none":
+        raise StudyError(f"{where}: 'distill' needs a 'teacher: {{study: S, arms: [A, ...]}}' entry")
+    return Arm(name, train=train, teacher=teacher)
+
+
+def study_from_dict(data: Any, path: str, name: str | None = None) -> Study:
+    """The :class:`Study` of a parsed YAML document (``path`` names it in errors)."""
+    data = _mapping(data, path)
+    _keys(data, ("name", "description", "seeds", "reference", "train", "arms", "analysis"), path)
+    name = data.get("name", name)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StudyError(f"{path}: 'name' must be a folder-safe name (letters, digits, _ . -), got {name!r}")
+    seeds = data.get("seeds", 3)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise StudyError(f"{path}: 'seeds' must be a positive integer, got {seeds!r}")
+    common = _mapping(data.get("train"), f"{path}: train")
+    entries = data.get("arms")
+    if not isinstance(entries, list) or not entries:
+        raise StudyError(f"{path}: 'arms' must be a non-empty list of arms")
+    arms = tuple(_arm(e, common, f"{path}: arms[{i}]") for i, e in enumerate(entries))
+    names = [a.name for a in arms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise StudyError(f"{path}: arm names must be unique, repeated: {duplicates}")
+    reference = data.get("reference", names[0])
+    if reference not in names:
+        raise StudyError(f"{path}: reference {reference!r} is not an arm ({', '.join(names)})")
+    analysis = _mapping(data.get("analysis"), f"{path}: analysis")
+    _keys(analysis, tuple(ANALYSES), f"{path}: analysis")
+    checked = {}
+    for kind, options in analysis.items():
+        options = _mapping(True if options is True else options, f"{path}: analysis {kind}") if options else {}
+        _keys(options, ANALYSES[kind], f"{path}: analysis {kind}")
+        checked[kind] = dict(options)
+    if any(a.source for a in arms) and not checked:
+        raise StudyError(f"{path}: arms with a 'source' train nothing, so the study needs an 'analysis' entry")
+    return Study(
+        name=name,
+        arms=arms,
+        seeds=seeds,
+        reference=reference,
+        description=str(data.get("description", "")),
+        analysis=checked,
+        path=path,
+    )
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check the study file at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise StudyError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return study_from_dict(data, str(path), name=path.stem)
