@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 import types
 import typing
@@ -93,6 +94,16 @@ def _make_task(task: str, cfg):
     return SegmentationTask(cfg)
 
 
+def model_label(model: str, model_kwargs: dict[str, Any]) -> str:
+    """The backbone as built, for a directory name: ``fcvit_b12``, or with its creation arguments
+    ``fcvit_b12-depths1-1-1-1-dims16-32-64-128`` (a preset's tiny FCViT is not an fcvit_b12)."""
+    parts = [model]
+    for key, value in sorted(model_kwargs.items()):
+        text = "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(re.sub(r"[^A-Za-z0-9._-]", "", f"{key}{text}"))
+    return "-".join(parts)
+
+
 def _run_dir(args: argparse.Namespace, cfg) -> Path:
     """``--output/--experiment`` (default ``TASK-MODEL-TIMESTAMP``, chosen on rank 0), or the resumed run's."""
     from ..train.distributed import broadcast_object
@@ -100,7 +111,7 @@ def _run_dir(args: argparse.Namespace, cfg) -> Path:
     if args.resume and not args.experiment:
         resume = Path(args.resume)
         return resume if resume.is_dir() else resume.parent
-    name = args.experiment or f"{args.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.experiment or f"{args.task}-{model_label(cfg.model, cfg.model_kwargs)}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(args.output) / broadcast_object(name)
 
 

@@ -15,6 +15,7 @@ Under torchrun every process takes ``batch_size / world_size`` images per step.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -42,6 +43,7 @@ class DenseTask(Protocol):
     name: str  # "det" / "seg"
     main_metric: str  # metric that picks checkpoint-best.pth
     panels: dict[str, list[str]]  # curves.png panels: {title: [metrics.csv column, ...]}
+    x_axis: tuple[str, str]  # curves.png's x: (metrics.csv column, label), e.g. ("iter", "iteration")
     cfg: Any  # the task's config dataclass
     class_names: list[str]
 
@@ -171,10 +173,17 @@ def train(
     if eval_before and not resume:
         logger.log_epoch(0, dict(iter=0, **evaluate()), step=0)
     batches = _endless(train_loader, first_pass=step // len(train_loader))
-    start = time.perf_counter()
+    start, eval_s = time.perf_counter(), 0.0
     for round_ in range(start_round, num_rounds):
         model.train()
-        progress = Progress(round_iters, f"{task.name} {round_ + 1}/{num_rounds}", info.is_main, log_interval)
+        progress = Progress(
+            round_iters,
+            f"{task.name} {round_ + 1}/{num_rounds}",
+            info.is_main,
+            log_interval,
+            steps_after=(num_rounds - round_ - 1) * round_iters,
+            seconds_after=(num_rounds - round_) * eval_s,
+        )
         loss_sum = images = 0.0
         for _ in range(round_iters):
             batch = next(batches)
@@ -196,7 +205,12 @@ def train(
                 logger.log_scalars(step, dict(loss=loss.item(), lr=lr), prefix="train/")
         progress.close()
         totals = all_reduce_sum(dict(loss=loss_sum, images=images), info.device)
+        t_eval = time.perf_counter()
         metrics = evaluate()
+        eval_s = time.perf_counter() - t_eval
+        if info.is_main:  # on stderr with the progress lines: stdout holds the summary's JSON alone
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"{task.name} {round_ + 1}/{num_rounds} (iteration {step}): {shown}", file=sys.stderr, flush=True)
         logger.log_epoch(
             round_ + 1, dict(iter=step, train_loss=totals["loss"] / max(totals["images"], 1), lr=lr, **metrics), step
         )
@@ -217,7 +231,7 @@ def train(
         world_size=info.world_size,
         device=str(info.device),
     )
-    logger.finish(summary, task.panels)
+    logger.finish(summary, task.panels, *task.x_axis)
     cleanup_distributed()
     return summary
 
@@ -238,7 +252,11 @@ def load_trained(path: str | os.PathLike, task_name: str) -> tuple[dict[str, Any
         path = path / BEST
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != task_name:
-        raise ValueError(
-            f"{path} holds a {ckpt.get('task')!r} checkpoint; `fcvit {task_name}` needs a {task_name!r} one"
-        )
+        if ckpt.get("task") in ("det", "seg"):
+            what = f"a {ckpt['task']!r} checkpoint (fcvit {ckpt['task']} train)"
+        elif ckpt.get("model_name"):
+            what = f"a {ckpt['model_name']} classifier (fcvit train): use `fcvit predict|validate` with it"
+        else:
+            what = "no fcvit det|seg training run"
+        raise ValueError(f"{path} holds {what}; `fcvit {task_name}` needs a {task_name!r} checkpoint")
     return ckpt["config"], ckpt

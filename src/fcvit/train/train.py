@@ -119,6 +119,7 @@ class State:
     epoch_sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0.0, "skipped": 0.0})
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's row
     elapsed_before: float = 0.0  # seconds trained before this process (resumed runs)
+    validation_s: float = 0.0  # the last end-of-epoch validation's seconds (for the run's ETA; 0 until one ran)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -317,6 +318,8 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
         run.dist.is_main,
         cfg.log_interval,
         initial=state.batch,
+        steps_after=(cfg.epochs - epoch - 1) * len(run.train_loader),
+        seconds_after=(cfg.epochs - epoch) * state.validation_s,
     )
     for batch, (images, targets, skipped) in enumerate(run.train_loader.batches(epoch, state.batch), state.batch):
         state.epoch_sums["skipped"] += skipped
@@ -373,6 +376,7 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
         autocast=run.eval_autocast,
         channels_last=run.cfg.channels_last,
     )
+    t_val = time.perf_counter()
     metrics = evaluate_on(run.model)
     row = {"train_loss": train_sums["loss"] / max(train_sums["n"], 1), "lr": run.optimizer.param_groups[0]["lr"]}
     row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "top5")})
@@ -384,6 +388,7 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
         )
         row.update({f"val_{k}_ema": ema_metrics[k] for k in ("loss", "top1", "top5")})
         score = ema_metrics["top1"]  # as timm: with EMA on, the EMA weights are the ones selected
+    state.validation_s = time.perf_counter() - t_val
     row.update(
         skipped_images=int(train_sums["skipped"] + metrics["skipped"]), epoch_time_s=time.perf_counter() - t_epoch
     )
