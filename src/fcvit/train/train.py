@@ -383,9 +383,7 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
     score = metrics["top1"]
     if run.ema is not None:
         broadcast_buffers(run.ema.module)
-        ema_metrics = evaluate(
-            run.ema.module, run.val_loader, run.dist.device, run.eval_autocast, run.cfg.channels_last
-        )
+        ema_metrics = evaluate_on(run.ema.module, desc="validate EMA")
         row.update({f"val_{k}_ema": ema_metrics[k] for k in ("loss", "top1", "top5")})
         score = ema_metrics["top1"]  # as timm: with EMA on, the EMA weights are the ones selected
     state.validation_s = time.perf_counter() - t_val
