@@ -18,9 +18,13 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .train.build import TrainedModel
 
 from .atomic import atomic_write
 
@@ -37,7 +41,7 @@ def load_model(
 
 def load_model_and_config(
     name: str | None, checkpoint: str | None = None, num_classes: int | None = None, in_chans: int | None = None
-):
+) -> TrainedModel:
     """:class:`~fcvit.train.build.TrainedModel` of ``checkpoint`` (``in_chans``, classes, image size, mean/std and
     class names from the file, see :func:`~fcvit.train.build.load_trained_model`), or of a new model ``name``."""
     import timm
