@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 
 import pytest
@@ -46,6 +47,8 @@ def _train_resume_eval(task, data_dir, out, first, more, capsys) -> tuple:
     extra = TINY + (DET if task == "det" else SEG)
     args = [task, "train", "--data-dir", str(data_dir), "--output", str(out), "--experiment", "run", "--eval-before"]
     assert main(args + extra + first) == 0
+    metric = "bbox_AP" if task == "det" else "mIoU"
+    assert re.search(rf"^{task} 1/\d+ \(iteration 2\): .*{metric} ", capsys.readouterr().err, re.M)  # per evaluation
     run_dir = out / "run"
     for name in ("config.yaml", "checkpoint-last.pth", "checkpoint-best.pth", "metrics.csv", "curves.png"):
         assert (run_dir / name).is_file(), name

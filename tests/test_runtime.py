@@ -1,8 +1,10 @@
-"""The CPU allocator setting the fcvit commands apply (fcvit.runtime), checked in fresh interpreters."""
+"""The process settings the fcvit commands apply (fcvit.runtime): CPU allocator and OpenMP threads, checked in
+fresh interpreters."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,3 +28,72 @@ def test_tuning_applies_on_glibc():
 
 def test_tuning_can_be_turned_off():
     assert probe("0").strip() == "False default"
+
+
+# --- OpenMP settings of the fcvit command (fcvit.runtime.prepare_command_process) ------------------------------
+
+COMMAND_PROBE = """
+import os, sys
+sys.argv[0] = "/venv/bin/fcvit"  # as the console script runs
+import fcvit, torch
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads())
+"""
+
+
+def fresh(code: str, env_changes: dict[str, str | None], prefix: tuple[str, ...] = ()) -> list[str]:
+    """Run ``code`` in a new interpreter with the OpenMP variables removed, then ``env_changes`` applied."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    env.update({k: v for k, v in env_changes.items() if v is not None})
+    result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return result.stdout.split()
+
+
+def test_command_sleeps_while_waiting():
+    """The console script's process: passive waiting, set before torch loaded (it has OMP_WAIT_POLICY's value)."""
+    assert fresh(COMMAND_PROBE, {})[0] == "PASSIVE"
+
+
+def test_only_the_command_and_only_before_torch(monkeypatch):
+    from fcvit import runtime
+
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-u", "-m", "fcvit.cli", "train"], raising=False)
+    assert runtime.is_fcvit_command()
+    assert runtime.prepare_command_process() == {}  # torch is loaded in this process: too late to matter
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "pytest", "fcvit.cli"], raising=False)
+    assert not runtime.is_fcvit_command()  # `import fcvit` in someone's program leaves the environment alone
+    assert runtime.openmp_environment({"OMP_WAIT_POLICY": "ACTIVE"}).get("OMP_WAIT_POLICY") is None
+    assert runtime.openmp_environment({"GOMP_SPINCOUNT": "10000"}).get("OMP_WAIT_POLICY") is None
+
+
+@pytest.mark.skipif(not shutil.which("taskset") or not hasattr(os, "sched_getaffinity"), reason="needs taskset")
+def test_threads_follow_the_affinity_mask():
+    assert fresh(COMMAND_PROBE, {}, prefix=("taskset", "-c", "0"))[1:] == ["1", "1"]
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path, monkeypatch):
+    from fcvit import runtime
+
+    (tmp_path / "proc").write_text("0::/job\n")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "cpu.max").write_text("150000 100000\n")
+    assert runtime.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "proc")) == 1.5
+    (tmp_path / "job" / "cpu.max").write_text("max 100000\n")
+    assert runtime.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "proc")) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert runtime.cgroup_cpu_limit(str(v1), str(tmp_path / "missing")) == 3.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert runtime.cgroup_cpu_limit(str(v1), str(tmp_path / "missing")) is None
+
+    # a quota of 1.5 CPUs on a 4-CPU mask: 2 threads; the user's OMP_NUM_THREADS wins
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 1.5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert runtime.usable_cpus() == 2
+    assert runtime.openmp_environment({}) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
+    assert runtime.openmp_environment({"OMP_NUM_THREADS": "4", "KMP_BLOCKTIME": "0"}) == {}
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime.openmp_environment({}) == {"OMP_WAIT_POLICY": "PASSIVE"}  # all CPUs usable: torch's default

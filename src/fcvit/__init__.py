@@ -4,9 +4,13 @@
 ``fcvit.optimize(model)`` swaps in exact faster modules (:mod:`fcvit.accel`).
 """
 
-from . import layers, models
-from .accel import optimize
-from .models import FCViT, IsoFCViT, list_models
+from .runtime import prepare_command_process
+
+prepare_command_process()  # the fcvit command's OpenMP settings, which must precede torch (fcvit.runtime)
+
+from . import layers, models  # noqa: E402
+from .accel import optimize  # noqa: E402
+from .models import FCViT, IsoFCViT, list_models  # noqa: E402
 
 __version__ = "0.1.0"
 

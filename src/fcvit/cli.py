@@ -32,8 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` went through last: ``fcvit train``'s for ``fcvit train ...``."""
+    for action in parser._actions:  # argparse keeps its subparsers there (no public accessor)
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top level's: the mistake is in its flags
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "tune_malloc", True):  # a command may offer --tune-malloc instead (fcvit bench)
         tune_cpu_allocator()
     try:

@@ -71,6 +71,38 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return F.conv2d(F.pad(x, pad), weight, bias, groups=x.shape[1])
 
 
+def in_layout_of(grad: torch.Tensor, param_stride: tuple[int, ...]) -> torch.Tensor:
+    """``grad`` with the strides ``param_stride`` of the tensor it is the gradient of.
+
+    A [C, 1, kh, kw] weight made channels_last has strides (kh*kw, 1, kw, 1), and ``F.conv2d``'s backward returns
+    its gradient so; one built in NCHW has (kh*kw, kh*kw, kw, 1): the same memory, which autograd accepts, but
+    DDP compares strides exactly with its gradient buckets and warns ("Grad strides do not match bucket view
+    strides") on every rank.
+    """
+    if grad.stride() == tuple(param_stride):
+        return grad
+    return torch.empty_strided(grad.shape, param_stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
+class CropKernel(torch.autograd.Function):
+    """``weight[:, :, h0:h1, w0:w1]`` whose gradient has the weight's strides (autograd's slice backward builds
+    an NCHW one; see :func:`in_layout_of`)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, h0: int, h1: int, w0: int, w1: int) -> torch.Tensor:
+        ctx.crop = (h0, h1, w0, w1)
+        ctx.save_for_backward(weight)
+        return weight[:, :, h0:h1, w0:w1]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        h0, h1, w0, w1 = ctx.crop
+        full = torch.zeros_like(weight, dtype=grad.dtype)  # zeros_like keeps the weight's strides
+        full[:, :, h0:h1, w0:w1] = grad
+        return full, None, None, None, None
+
+
 class DepthwiseConvFunction(torch.autograd.Function):
     """:func:`depthwise_conv` whose backward pass is made of forward depth-wise convolutions.
 
@@ -116,6 +148,7 @@ class DepthwiseConvFunction(torch.autograd.Function):
             volume = x.transpose(0, 1).unsqueeze(0)
             kernels = grad.contiguous().transpose(0, 1).unsqueeze(1).contiguous(memory_format=torch.channels_last_3d)
             grad_w = F.conv3d(volume, kernels, padding=padding, groups=C).view(C, 1, kh, kw).to(weight.dtype)
+            grad_w = in_layout_of(grad_w, weight.stride())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3)).to(weight.dtype)
         return grad_x, grad_w, grad_b, None
@@ -130,7 +163,10 @@ class FastDepthwiseConv2d(DepthwiseConv2d):
         (kh, kw), (H, W) = self.kernel_size, x.shape[-2:]
         h0, h1, top, bottom = _taps(kh, H)
         w0, w1, left, right = _taps(kw, W)
-        return self.weight[:, :, h0 : h1 + 1, w0 : w1 + 1], (left, right, top, bottom)
+        pad = (left, right, top, bottom)
+        if (h1 + 1 - h0, w1 + 1 - w0) == (kh, kw):
+            return self.weight, pad
+        return CropKernel.apply(self.weight, h0, h1 + 1, w0, w1 + 1), pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, pad = self.cropped(x)

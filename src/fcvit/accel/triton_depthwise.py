@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .depthwise import in_layout_of
+
 # Tiles, chosen so that the kernels compiled for sm_90 keep everything in registers (63 and 105 per thread, no
 # spills; tests/test_triton_depthwise.py compiles them ahead of time); speed is not yet measured on a GPU.
 BLOCK_H = 8
@@ -217,6 +219,7 @@ class TritonDepthwiseConvFunction(torch.autograd.Function):
         left, _, top, _ = pad
         taps = weight[:, 0].permute(1, 2, 0)  # [kh, kw, C]
         ctx.save_for_backward(x, taps)
+        ctx.weight_stride = weight.stride()
         ctx.pad = pad
         ctx.has_bias = bias is not None
         return depthwise_forward(x, taps, bias, top, left)
@@ -231,7 +234,7 @@ class TritonDepthwiseConvFunction(torch.autograd.Function):
             grad_x = depthwise_forward(grad, taps.flip(0, 1), None, bottom, right)
         if ctx.needs_input_grad[1]:
             grad_w = depthwise_weight_grad(x, grad, taps.shape[:2], top, left).permute(2, 0, 1).unsqueeze(1)
-            grad_w = grad_w.to(taps.dtype)
+            grad_w = in_layout_of(grad_w.to(taps.dtype), ctx.weight_stride)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(taps.dtype)
         return grad_x, grad_w, grad_b, None

@@ -38,10 +38,11 @@ def _command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Nam
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         from ..data import BadImageError
+        from ..train.checkpoint import CheckpointError
 
         try:
             fn(args)
-        except (ValueError, FileNotFoundError, BadImageError) as e:
+        except (ValueError, OSError, BadImageError, CheckpointError) as e:
             print(f"fcvit analyze {args.analysis}: error: {e}", file=sys.stderr)
             return 2
         return 0

@@ -47,10 +47,11 @@ def gather_images(paths: list[str], demo: bool) -> list[tuple[str, Image.Image]]
 
 
 def to_display(x: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
-    """Undo the normalisation of one input [C, H, W] into an [H, W, C] array in [0, 1] for plotting."""
+    """Undo the normalisation of one input [C, H, W] into an [H, W, 3] array in [0, 1] for plotting (a grey
+    input as a grey RGB image)."""
     mean = torch.tensor(cfg["mean"]).view(-1, 1, 1)
     std = torch.tensor(cfg["std"]).view(-1, 1, 1)
-    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return (x * std + mean).clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).numpy()
 
 
 def build_dataset(

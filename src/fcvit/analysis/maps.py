@@ -52,8 +52,10 @@ def create_model(
 ) -> nn.Module:
     """A timm model in eval mode with fused attention off, random unless ``checkpoint`` is given.
 
-    ``img_size`` is passed to timm's (position-embedded) models at creation; this project's models are
-    fully convolutional and take any size, so they do not get it.
+    A checkpoint's input channels, classes and preprocessing (its ``pretrained_cfg``, which :func:`input_config`
+    reads) come from the file (:func:`fcvit.train.build.load_trained_model`). ``img_size`` is passed to timm's
+    (position-embedded) models at creation; this project's models are fully convolutional and take any size,
+    so they do not get it.
     """
     from ..models import list_models
 
@@ -62,7 +64,12 @@ def create_model(
         kwargs.setdefault("img_size", img_size)
     if checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    model = timm.create_model(name, checkpoint_path=checkpoint or "", **kwargs)
+    if checkpoint:
+        from ..train.build import load_trained_model
+
+        model = load_trained_model(name, checkpoint, model_kwargs=kwargs).model
+    else:
+        model = timm.create_model(name, **kwargs)
     disable_fused_attention(model)
     return model.eval()
 

@@ -57,12 +57,14 @@ def dataset_statistics(
     Each batch's statistics (means over its images) are weighted by its size, so the result is the
     mean over images. Returns the layers as :func:`map_statistics` does and the number of images.
     """
-    from tqdm import tqdm
+    from ..train.logger import Progress
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    # a bar on a terminal, a few plain lines in a redirected log (no carriage-return frames)
+    shown = Progress(len(loader), "attention statistics", progress, log_interval=max(len(loader) // 4, 1))
     totals: list[dict] | None = None
     count = 0
-    for x, _ in tqdm(loader, desc="attention statistics", unit="batch", disable=not progress):
+    for x, _ in loader:
         layers = map_statistics(probe, probe(x.to(device)), num_prefix_tokens)
         n = x.shape[0]
         if totals is None:
@@ -71,6 +73,8 @@ def dataset_statistics(
             for k in STAT_NAMES:
                 total["statistics"][k] += n * layer["statistics"][k]
         count += n
+        shown.update(n)
+    shown.close()
     if totals is None:
         raise ValueError("the data set is empty")
     for total in totals:

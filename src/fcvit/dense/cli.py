@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -93,6 +94,16 @@ def _make_task(task: str, cfg):
     return SegmentationTask(cfg)
 
 
+def model_label(model: str, model_kwargs: dict[str, Any]) -> str:
+    """The backbone as built, for a directory name: ``fcvit_b12``, or with its creation arguments
+    ``fcvit_b12-depths1-1-1-1-dims16-32-64-128`` (a preset's tiny FCViT is not an fcvit_b12)."""
+    parts = [model]
+    for key, value in sorted(model_kwargs.items()):
+        text = "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(re.sub(r"[^A-Za-z0-9._-]", "", f"{key}{text}"))
+    return "-".join(parts)
+
+
 def _run_dir(args: argparse.Namespace, cfg) -> Path:
     """The resumed run's directory, else a new ``--output/--experiment`` (default ``TASK-MODEL-TIMESTAMP-XXXXXX``,
     chosen on rank 0) that holds no run yet; leftovers of saves a kill interrupted are removed."""
@@ -104,7 +115,7 @@ def _run_dir(args: argparse.Namespace, cfg) -> Path:
         resume = Path(args.resume)
         run_dir = resume if resume.is_dir() else resume.parent
     else:
-        run_dir = new_run_dir(args.output, args.experiment, f"{args.task}-{cfg.model}")
+        run_dir = new_run_dir(args.output, args.experiment, f"{args.task}-{model_label(cfg.model, cfg.model_kwargs)}")
     clean_orphans(run_dir)
     return run_dir
 

@@ -23,7 +23,7 @@ from .config import DetConfig
 from .data import CocoInstances
 from .metrics import coco_evaluate, detections_to_coco, gather_lists
 
-__all__ = ["DetConfig", "DetectionTask", "build_mask_rcnn", "set_image_sizes"]
+__all__ = ["DetConfig", "DetectionTask", "build_mask_rcnn", "place_captions", "set_image_sizes"]
 
 
 def build_mask_rcnn(
@@ -91,6 +91,7 @@ class DetectionTask:
         "box AP": ["bbox_AP", "bbox_AP50", "bbox_AP75"],
         "mask AP": ["segm_AP", "segm_AP50", "segm_AP75"],
     }
+    x_axis = ("epoch", "epoch")  # a round is an epoch
 
     def __init__(self, cfg: DetConfig):
         self.cfg = cfg
@@ -188,10 +189,37 @@ def evaluate_detection(model: nn.Module, loader: DataLoader, device: torch.devic
     return coco_evaluate(dataset.coco, dict(bbox=boxes, segm=masks), image_ids=list(dataset.ids))
 
 
+def place_captions(
+    boxes: list[list[float]], sizes: list[tuple[int, int]], image_hw: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Top-left corner of each caption (``sizes``: width, height): just above its box, or inside its top edge when
+    the box touches the image's top; always inside the image; moved down below any caption placed before it
+    (higher scores first) that it would cover, as far as the image allows."""
+    height, width = image_hw
+    placed: list[tuple[int, int, int, int]] = []
+    corners = []
+    for (x1, y1, _, _), (w, h) in zip(boxes, sizes):
+        x = int(min(max(x1, 0), max(width - w, 0)))
+        y = int(y1 - h if y1 >= h else max(y1, 0))
+        moved = True
+        while moved:
+            moved = False
+            for px1, py1, px2, py2 in placed:
+                if x < px2 and px1 < x + w and y < py2 and py1 < y + h and py2 + h <= height:
+                    y, moved = py2, True
+        y = min(y, max(height - h, 0))
+        placed.append((x, y, x + w, y + h))
+        corners.append((x, y))
+    return corners
+
+
 def draw_detections(
     image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list[str], score_threshold: float = 0.5
 ) -> torch.Tensor:
-    """uint8 [3, H, W] image with the detections above ``score_threshold``: masks, boxes, "label score" captions."""
+    """uint8 [3, H, W] image with the detections above ``score_threshold``: masks, boxes, and "label score"
+    captions on a box-coloured background, kept inside the image and clear of each other (:func:`place_captions`)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     from .data import palette
@@ -203,10 +231,25 @@ def draw_detections(
         return image
     if "masks" in output:
         image = draw_segmentation_masks(image, output["masks"][keep][:, 0] > 0.5, alpha=0.45, colors=colors)
+    boxes = output["boxes"][keep]
+    image = draw_bounding_boxes(image, boxes, colors=colors, width=2)
     captions = [
         f"{class_names[i] if i < len(class_names) else i} {s:.2f}" for i, s in zip(labels, output["scores"][keep])
     ]
-    return draw_bounding_boxes(image, output["boxes"][keep], labels=captions, colors=colors, width=2)
+    canvas = Image.fromarray(image.permute(1, 2, 0).numpy())
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    sizes = []
+    for text in captions:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        sizes.append((right - left + 4, bottom - top + 4))
+    for text, (x, y), (w, h), color in zip(
+        captions, place_captions(boxes.tolist(), sizes, canvas.size[::-1]), sizes, colors
+    ):
+        draw.rectangle((x, y, x + w - 1, y + h - 1), fill=color)
+        ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else (255, 255, 255)
+        left, top, _, _ = draw.textbbox((0, 0), text, font=font)
+        draw.text((x + 2 - left, y + 2 - top), text, fill=ink, font=font)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
 
 
 @torch.no_grad()

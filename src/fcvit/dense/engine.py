@@ -15,6 +15,7 @@ Under torchrun every process takes ``batch_size / world_size`` images per step.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ class DenseTask(Protocol):
     name: str  # "det" / "seg"
     main_metric: str  # metric that picks checkpoint-best.pth
     panels: dict[str, list[str]]  # curves.png panels: {title: [metrics.csv column, ...]}
+    x_axis: tuple[str, str]  # curves.png's x: (metrics.csv column, label), e.g. ("iter", "iteration")
     cfg: Any  # the task's config dataclass
     class_names: list[str]
 
@@ -122,6 +124,7 @@ class DenseRun:
     step: int = 0
     best: float = float("-inf")
     metrics: dict[str, float] = field(default_factory=dict)
+    eval_s: float = 0.0  # the last evaluation's seconds (for the run's ETA; 0 until one ran)
 
 
 def train(
@@ -151,7 +154,7 @@ def train(
         world_size=run.info.world_size,
         device=str(run.info.device),
     )
-    run.logger.finish(summary, task.panels)
+    run.logger.finish(summary, task.panels, *task.x_axis)
     cleanup_distributed()  # on the success path only, as fcvit train (fcvit.train.train)
     return summary
 
@@ -226,7 +229,14 @@ def _train_round(run: DenseRun, round_: int, batches: Iterator[Any], log_interva
     """``round_iters`` optimiser steps; returns the round's mean training loss over all ranks."""
     task, model, optimizer, info = run.task, run.model, run.optimizer, run.info
     model.train()
-    progress = Progress(run.round_iters, f"{task.name} {round_ + 1}/{run.num_rounds}", info.is_main, log_interval)
+    progress = Progress(
+        run.round_iters,
+        f"{task.name} {round_ + 1}/{run.num_rounds}",
+        info.is_main,
+        log_interval,
+        steps_after=(run.num_rounds - round_ - 1) * run.round_iters,
+        seconds_after=(run.num_rounds - round_) * run.eval_s,
+    )
     loss_sum = images = 0.0
     for _ in range(run.round_iters):
         batch = next(batches)
@@ -254,7 +264,12 @@ def _train_round(run: DenseRun, round_: int, batches: Iterator[Any], log_interva
 def _end_round(run: DenseRun, round_: int, train_loss: float) -> None:
     """Evaluate, log, save ``checkpoint-last.pth`` and, on a new best, ``checkpoint-best.pth``."""
     task = run.task
+    t_eval = time.perf_counter()
     run.metrics = _evaluate(run)
+    run.eval_s = time.perf_counter() - t_eval
+    if run.info.is_main:  # on stderr with the progress lines: stdout holds the summary's JSON alone
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in run.metrics.items() if isinstance(v, float))
+        print(f"{task.name} {round_ + 1}/{run.num_rounds} (iteration {run.step}): {shown}", file=sys.stderr, flush=True)
     lr = run.optimizer.param_groups[0]["lr"]
     run.logger.log_epoch(round_ + 1, dict(iter=run.step, train_loss=train_loss, lr=lr, **run.metrics), run.step)
     improved = run.metrics[task.main_metric] > run.best
@@ -292,7 +307,11 @@ def load_trained(path: str | os.PathLike, task_name: str) -> tuple[dict[str, Any
         path = path / BEST
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != task_name:
-        raise ValueError(
-            f"{path} holds a {ckpt.get('task')!r} checkpoint; `fcvit {task_name}` needs a {task_name!r} one"
-        )
+        if ckpt.get("task") in ("det", "seg"):
+            what = f"a {ckpt['task']!r} checkpoint (fcvit {ckpt['task']} train)"
+        elif ckpt.get("model_name"):
+            what = f"a {ckpt['model_name']} classifier (fcvit train): use `fcvit predict|validate` with it"
+        else:
+            what = "no fcvit det|seg training run"
+        raise ValueError(f"{path} holds {what}; `fcvit {task_name}` needs a {task_name!r} checkpoint")
     return ckpt["config"], ckpt

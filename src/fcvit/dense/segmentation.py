@@ -148,6 +148,7 @@ class SegmentationTask:
     name = "seg"
     main_metric = "mIoU"
     panels = {"train loss": ["train_loss"], "mIoU / accuracy": ["mIoU", "aAcc", "mAcc"]}
+    x_axis = ("iter", "iteration")  # a round is eval_interval iterations
 
     def __init__(self, cfg: SegConfig):
         self.cfg = cfg

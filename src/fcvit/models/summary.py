@@ -66,6 +66,8 @@ def format_markdown(rows: list[dict], img_size: int) -> str:
 
 def run(args: argparse.Namespace) -> None:
     rows = model_table(args.filter, args.img_size)
+    if not rows:
+        raise ValueError(f"no registered model matches --filter {args.filter!r} (fcvit models lists them all)")
     print(json.dumps(rows, indent=2) if args.json else format_markdown(rows, args.img_size))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
@@ -20,6 +20,7 @@ from .config import FASHION_MNIST, TrainConfig
 from .utils import read_weights
 
 __all__ = [
+    "TrainedModel",
     "create_eval_loader",
     "create_loaders",
     "create_model",
@@ -27,6 +28,7 @@ __all__ = [
     "load_trained_model",
     "open_dataset",
     "resolve_data_config",
+    "weights_layout",
 ]
 
 
@@ -224,37 +226,70 @@ def create_loaders(
     return train_loader, val_loader
 
 
+def weights_layout(model_name: str, weights: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
+    """``(in_chans, num_classes)`` that ``weights`` were trained with, read off the first convolution's and the
+    classifier's weights (names from the model's pretrained_cfg; the first 4-D tensor when the first convolution
+    is under another name, as in official releases); None where the file does not tell."""
+    first_conv = get_pretrained_cfg_value(model_name, "first_conv") or ""
+    classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"
+    conv = weights.get(f"{first_conv}.weight")
+    if conv is None:
+        conv = next((w for w in weights.values() if w.ndim == 4), None)
+    head = weights.get(f"{classifier}.weight")
+    return (int(conv.shape[1]) if conv is not None else None), (int(head.shape[0]) if head is not None else None)
+
+
+class TrainedModel(NamedTuple):
+    """What :func:`load_trained_model` rebuilds from a file."""
+
+    model: nn.Module  # in eval mode, weights loaded
+    data_config: dict[str, Any]  # eval data config: input_size [in_chans, H, W], mean/std, crop, interpolation
+    class_names: list[str]
+    name: str  # timm model name
+    model_kwargs: dict[str, Any]  # create_model arguments besides num_classes and in_chans
+
+
 def load_trained_model(
     model_name: str | None,
     checkpoint: str | os.PathLike,
     ema: bool = False,
     model_kwargs: dict[str, Any] | None = None,
     in_chans: int | None = None,
-) -> tuple[nn.Module, dict[str, Any], list[str]]:
-    """A model with the weights of ``checkpoint``, its eval data config and its class names.
+    num_classes: int | None = None,
+) -> TrainedModel:
+    """A model with the weights of ``checkpoint`` in eval mode, its eval data config and its class names.
 
-    ``fcvit train`` checkpoints carry the model name, keyword arguments, class names and data config;
-    for other checkpoints (timm, official FCViT, bare state dicts) the classes are counted from the
-    classifier weights and the data config comes from the model's pretrained_cfg.
+    ``fcvit train`` checkpoints and ``fcvit export`` safetensors carry the model name, keyword arguments, class
+    names and data config (channels, image size, mean/std). For other files (timm, official FCViT, bare state
+    dicts) ``in_chans`` and ``num_classes`` are read off the weights (:func:`weights_layout`) and the data config
+    comes from the model's pretrained_cfg. ``in_chans``/``num_classes`` given here (or in ``model_kwargs``)
+    override what the file says. A detection or segmentation checkpoint is refused in one line.
     """
     weights, meta = read_weights(checkpoint, ema=ema)
+    if meta.get("task") in ("det", "seg"):
+        what = {"det": "Mask R-CNN detection", "seg": "Semantic FPN segmentation"}[meta["task"]]
+        raise ValueError(
+            f"{checkpoint} is a {what} checkpoint (fcvit {meta['task']} train), not a classifier: "
+            f"use `fcvit {meta['task']} predict|eval` with it"
+        )
     model_name = model_name or meta.get("model_name")
     if not model_name:
         raise ValueError(f"{checkpoint} does not say which model it holds: pass --model")
     if meta.get("model_name") and meta["model_name"] != model_name:
         raise ValueError(f"{checkpoint} holds a {meta['model_name']}, not a {model_name}")
     kwargs = {**meta.get("model_kwargs", {}), **(model_kwargs or {})}
+    # given > --model-kwargs > the file's record > the weights' shapes > timm's defaults
+    in_chans = in_chans or kwargs.pop("in_chans", None)
+    num_classes = num_classes or kwargs.pop("num_classes", None)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("in_chans", "num_classes")}
     saved_config = meta.get("data_config")
-    num_classes = meta.get("num_classes")
-    if num_classes is None:
-        classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"
-        head = weights.get(f"{classifier}.weight")
-        num_classes = head.shape[0] if head is not None else 1000
-    in_chans = in_chans or (saved_config["input_size"][0] if saved_config else 3)
+    file_chans, file_classes = weights_layout(model_name, weights)
+    in_chans = in_chans or (saved_config["input_size"][0] if saved_config else None) or file_chans or 3
+    num_classes = num_classes or meta.get("num_classes") or file_classes or 1000
     model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.load_state_dict(weights)
     model.eval()
-    if saved_config:
+    if saved_config and saved_config["input_size"][0] == in_chans:
         data_config = dict(saved_config)
     else:
         data_config = resolve_model_data_config(model)
@@ -264,11 +299,16 @@ def load_trained_model(
             "mean": list(channel_stats(data_config["mean"], in_chans)),
             "std": list(channel_stats(data_config["std"], in_chans)),
         }
+    # the weights' preprocessing, where timm looks for it (resolve_data_config(model=...), tools built on timm)
+    model.pretrained_cfg = {
+        **getattr(model, "pretrained_cfg", {}),
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
+    }
     class_names = meta.get("class_names")
-    if not class_names:
+    if not class_names or len(class_names) != num_classes:
         if num_classes == 1000:
             info = ImageNetInfo()
             class_names = [info.index_to_description(i) for i in range(num_classes)]
         else:
             class_names = [f"class_{i}" for i in range(num_classes)]
-    return model, data_config, list(class_names)
+    return TrainedModel(model, data_config, list(class_names), model_name, kwargs)

@@ -19,7 +19,7 @@ import torch
 
 from ..atomic import atomic_write
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "describe_load_error", "load_checkpoint", "save_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -36,6 +36,21 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write(path, write)
 
 
+def describe_load_error(path: Path, e: BaseException) -> str:
+    """One line saying why ``path`` could not be read: its size and the first line of the loader's reason.
+
+    torch's own message for an object that safe loading refuses advises ``weights_only=False``, i.e. running the
+    file's pickled code: that advice is replaced by what the refusal means.
+    """
+    size = f"{path.stat().st_size} bytes" if path.is_file() else "unreadable"
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        why = "it holds Python objects other than tensors and plain containers, which are not loaded (safe loading)"
+    else:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = f"truncated or corrupt ({why[:160]})"
+    return f"cannot load {path} ({size}): {why}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (or any ``torch.save`` of plain data).
 
@@ -47,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"cannot load checkpoint {path} ({path.stat().st_size} bytes): {e}") from e
+        raise CheckpointError(describe_load_error(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj

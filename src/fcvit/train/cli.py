@@ -101,8 +101,8 @@ def _load_model(args: argparse.Namespace):
     from .build import load_trained_model
 
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
-    model, data_config, class_names = load_trained_model(args.model, args.checkpoint, args.ema, kwargs)
-    return optimize(model, None if args.no_optimize else "auto"), data_config, class_names
+    trained = load_trained_model(args.model, args.checkpoint, args.ema, kwargs, args.in_chans, args.num_classes)
+    return optimize(trained.model, None if args.no_optimize else "auto"), trained.data_config, trained.class_names
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +113,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument(
         "--model-kwargs", metavar="JSON", help="extra timm.create_model arguments (checkpoints of other tools)"
+    )
+    p.add_argument(
+        "--in-chans", type=positive_int, help="input channels (default: the checkpoint's, else its first conv's)"
+    )
+    p.add_argument(
+        "--num-classes", type=positive_int, help="classes (default: the checkpoint's, else its classifier's)"
     )
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print JSON")

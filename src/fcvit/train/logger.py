@@ -3,8 +3,8 @@
 :class:`RunLogger` writes ``metrics.csv`` (one row per epoch), TensorBoard event files (``tb/``),
 ``curves.png`` (matplotlib, one panel per group of columns) and ``summary.json``. Only the main process
 writes: other ranks get a logger whose methods do nothing. :class:`Progress` is a tqdm bar (loss, lr,
-img/s, ETA) on a terminal and a plain log line every ``log_interval`` steps otherwise (CI logs, files),
-both on stderr like tqdm, so stdout keeps only results.
+img/s, the pass's and the whole run's ETA) on a terminal and a plain log line every ``log_interval`` steps
+otherwise (CI logs, files: no carriage returns), both on stderr like tqdm, so stdout keeps only results.
 Nothing here knows about classification: the caller names the columns and the panels.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from ..atomic import atomic_write, atomic_write_text
 
-__all__ = ["Progress", "RunLogger", "format_duration", "plot_curves"]
+__all__ = ["Progress", "RunLogger", "format_duration", "plot_curves", "remaining_time"]
 
 
 def format_duration(seconds: float) -> str:
@@ -32,6 +32,16 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def remaining_time(elapsed: float, done: int, left: int, steps_after: int = 0, seconds_after: float = 0.0) -> float:
+    """Seconds still to go: ``left`` steps of this pass and ``steps_after`` of the passes after it at this pass's
+    pace so far (``elapsed`` seconds for ``done`` steps), plus ``seconds_after`` of known other work (validation).
+
+    Before the first step the pace is unknown and only ``seconds_after`` is counted.
+    """
+    per_step = elapsed / done if done > 0 else 0.0
+    return per_step * (left + steps_after) + seconds_after
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5) else f"{value:.4f}"
@@ -39,9 +49,13 @@ def _fmt(value: Any) -> str:
 
 
 def plot_curves(
-    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, panels: Mapping[str, Sequence[str]]
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    panels: Mapping[str, Sequence[str]],
+    x: str = "epoch",
+    x_label: str = "epoch",
 ) -> None:
-    """Save a figure with one panel per ``{title: [column, ...]}``, x = the ``epoch`` column (Agg backend)."""
+    """Save a figure with one panel per ``{title: [column, ...]}`` against the column ``x`` (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -57,12 +71,12 @@ def plot_curves(
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (title, cols) in zip(axes[0], panels.items()):
         for col in cols:
-            pts = [(float(r["epoch"]), float(r[col])) for r in rows if r.get(col) not in ("", None)]
+            pts = [(float(r[x]), float(r[col])) for r in rows if r.get(col) not in ("", None)]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o", markersize=3, label=col)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x_label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -139,12 +153,15 @@ class RunLogger:
         self.log_scalars(epoch if step is None else step, numeric, prefix="epoch/")
         self.writer.flush()
 
-    def finish(self, summary: Mapping[str, Any], panels: Mapping[str, Sequence[str]]) -> None:
-        """Write ``summary.json`` and ``curves.png`` (``panels``: ``{title: [csv column, ...]}``); close TensorBoard."""
+    def finish(
+        self, summary: Mapping[str, Any], panels: Mapping[str, Sequence[str]], x: str = "epoch", x_label: str = "epoch"
+    ) -> None:
+        """Write ``summary.json`` and ``curves.png`` (``panels``: ``{title: [csv column, ...]}`` against the column
+        ``x``); close TensorBoard."""
         if not self.enabled:
             return
         atomic_write_text(self.run_dir / "summary.json", json.dumps(dict(summary), indent=2) + "\n")
-        plot_curves(self.rows, self.run_dir / "curves.png", panels)
+        plot_curves(self.rows, self.run_dir / "curves.png", panels, x, x_label)
         self.close()
 
     def close(self) -> None:
@@ -157,7 +174,9 @@ class Progress:
     """Progress of one pass over ``total`` steps on stderr: tqdm on a terminal, plain lines otherwise.
 
     ``update(images, **stats)`` after each step; stats (loss, lr, ...) show in the bar's postfix or
-    the log line together with images/s and the ETA.
+    the log line together with images/s and the ETA. When the pass is one of several (epochs, rounds), give
+    the steps of the passes still to come after it (``steps_after``) and the seconds of other work known to
+    follow (``seconds_after``, e.g. the validations): the bar and the lines then show the whole run's ETA too.
     """
 
     def __init__(
@@ -168,8 +187,11 @@ class Progress:
         log_interval: int = 50,
         initial: int = 0,
         tty: bool | None = None,
+        steps_after: int | None = None,
+        seconds_after: float = 0.0,
     ):
         self.total, self.desc, self.enabled = total, desc, enabled
+        self.steps_after, self.seconds_after = steps_after, seconds_after
         self.step = self.initial = initial
         self.log_interval = max(1, log_interval)
         self.images = 0
@@ -192,16 +214,16 @@ class Progress:
             return
         shown = {k: _fmt(v) for k, v in stats.items()}
         shown["img/s"] = f"{self.images_per_s:.0f}"
-        if self.bar is not None:
-            self.bar.set_postfix(shown, refresh=False)
+        elapsed, done, left = time.perf_counter() - self.start, self.step - self.initial, self.total - self.step
+        etas = {"eta": format_duration(remaining_time(elapsed, done, left))}
+        if self.steps_after is not None:
+            etas["run eta"] = format_duration(remaining_time(elapsed, done, left, self.steps_after, self.seconds_after))
+        if self.bar is not None:  # tqdm shows this pass's remaining time itself
+            self.bar.set_postfix({**shown, **{k: v for k, v in etas.items() if k != "eta"}}, refresh=False)
             self.bar.update(1)
         elif self.step % self.log_interval == 0 or self.step == self.total:
-            elapsed = time.perf_counter() - self.start
-            done = self.step - self.initial
-            eta = elapsed / max(done, 1) * (self.total - self.step)
-            parts = " ".join(f"{k} {v}" for k, v in shown.items())
-            line = f"{self.desc} [{self.step}/{self.total}] {parts} eta {format_duration(eta)}"
-            print(line, file=sys.stderr, flush=True)
+            parts = " ".join(f"{k} {v}" for k, v in {**shown, **etas}.items())
+            print(f"{self.desc} [{self.step}/{self.total}] {parts}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -125,6 +125,7 @@ class State:
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's row
     elapsed_before: float = 0.0  # seconds trained before this process (resumed runs)
     saved_step: int | None = None  # step of the checkpoint-last.pth on disk, None before the first
+    validation_s: float = 0.0  # the last end-of-epoch validation's seconds (for the run's ETA; 0 until one ran)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -342,6 +343,8 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
         run.dist.is_main,
         cfg.log_interval,
         initial=state.batch,
+        steps_after=(cfg.epochs - epoch - 1) * len(run.train_loader),
+        seconds_after=(cfg.epochs - epoch) * state.validation_s,
     )
     t_step = time.perf_counter()
     for batch, (images, targets, skipped) in enumerate(run.train_loader.batches(epoch, state.batch), state.batch):
@@ -404,6 +407,7 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
         autocast=run.eval_autocast,
         channels_last=run.cfg.channels_last,
     )
+    t_val = time.perf_counter()
     metrics = evaluate_on(run.model)
     row = {"train_loss": train_sums["loss"] / max(train_sums["n"], 1), "lr": run.optimizer.param_groups[0]["lr"]}
     # images per second of the training loop (data, forward, backward, step), all ranks together
@@ -412,11 +416,10 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
     score = metrics["top1"]
     if run.ema is not None:
         broadcast_buffers(run.ema.module)
-        ema_metrics = evaluate(
-            run.ema.module, run.val_loader, run.dist.device, run.eval_autocast, run.cfg.channels_last
-        )
+        ema_metrics = evaluate_on(run.ema.module, desc="validate EMA")
         row.update({f"val_{k}_ema": ema_metrics[k] for k in ("loss", "top1", "top5")})
         score = ema_metrics["top1"]  # as timm: with EMA on, the EMA weights are the ones selected
+    state.validation_s = time.perf_counter() - t_val
     row.update(
         skipped_images=int(train_sums["skipped"] + metrics["skipped"]), epoch_time_s=time.perf_counter() - t_epoch
     )

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, describe_load_error, load_checkpoint
 from .distributed import all_reduce_sum, is_main_process
 from .logger import Progress
 
@@ -90,7 +90,7 @@ def evaluate(
     """
     model.eval()
     sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0, "skipped": 0.0}
-    progress = Progress(len(loader), desc, enabled=is_main_process(), log_interval=max(len(loader), 1))
+    progress = Progress(len(loader), desc, enabled=is_main_process(), log_interval=max(len(loader) // 4, 1))
     for images, targets, skipped in loader.batches(0):
         sums["skipped"] += skipped
         if len(targets) == 0:
@@ -128,15 +128,15 @@ def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict[str, 
 
     Reads ``fcvit train`` checkpoints (``model``/``model_ema``), timm's (``state_dict``/``state_dict_ema``),
     official FCViT releases and bare state dicts, from ``.pth``/``.pt`` (``weights_only=True``) or
-    ``.safetensors``. ``ema=True`` takes the EMA weights and fails if there are none.
+    ``.safetensors`` (whose ``fcvit export`` metadata gives the model name, classes and data config).
+    ``ema=True`` takes the EMA weights and fails if there are none. A missing, truncated or corrupt file is a
+    :class:`CheckpointError` naming it.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         if ema:
             raise CheckpointError(f"{path} is a bare safetensors file, it holds no EMA weights")
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), {}
+        return _read_safetensors(path)
     ckpt = load_checkpoint(path)
     keys = ("model_ema", "state_dict_ema") if ema else ("model", "state_dict")
     for key in keys:
@@ -147,3 +147,28 @@ def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict[str, 
     if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt, {}
     raise CheckpointError(f"checkpoint {path} holds no model weights (keys: {', '.join(sorted(ckpt))[:200]})")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and the ``fcvit export`` metadata (model name, class count and names, data config) of a file."""
+    import json
+
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError (an Exception) for a bad header
+        raise CheckpointError(describe_load_error(path, e)) from None
+    meta: dict[str, Any] = {}
+    if metadata.get("model"):
+        meta["model_name"] = metadata["model"]
+    if metadata.get("num_classes"):
+        meta["num_classes"] = int(metadata["num_classes"])
+    for key in ("data_config", "class_names", "model_kwargs"):
+        if metadata.get(key):
+            meta[key] = json.loads(metadata[key])
+    return weights, meta
