@@ -43,7 +43,7 @@ def test_unknown_flag_shows_the_subcommands_usage(capsys):
     assert exit_.value.code == 2 and err.startswith("usage: fcvit train")
     assert "fcvit train: error: unrecognized arguments: --bogus-flag" in err
     with pytest.raises(SystemExit):
-        main(["analyze", "stats", "--bogus"])
+        main(["analyze", "stats", "--model", "m", "--data", "d", "--output", "o", "--bogus"])
     assert capsys.readouterr().err.startswith("usage: fcvit analyze stats")
 
 

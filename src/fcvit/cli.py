@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the subcommand's usage, not the top level's: the mistake is in its flags
-        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        chosen = _chosen_parser(parser, args)
+        chosen.print_usage(sys.stderr)
+        chosen.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "tune_malloc", True):  # a command may offer --tune-malloc instead (fcvit bench)
         tune_cpu_allocator()
     try:

@@ -132,14 +132,11 @@ def _load(name: str, checkpoint: str | None, kwargs: dict, args: argparse.Namesp
     import torch
 
     from ..accel import optimize
-    from .maps import create_model, input_config, is_train_checkpoint, load_train_checkpoint
+    from .maps import create_model, input_config
 
     torch.manual_seed(args.seed)
-    if checkpoint and is_train_checkpoint(checkpoint):
-        model, cfg = load_train_checkpoint(name, checkpoint, kwargs, args.img_size)
-    else:
-        model = create_model(name, checkpoint, kwargs, args.img_size)
-        cfg = input_config(model, args.img_size)
+    model = create_model(name, checkpoint, kwargs, args.img_size)
+    cfg = input_config(model, args.img_size)
     model.to(_device(args))
     optimize(model, None if args.no_optimize else "auto")
     if not checkpoint:

@@ -74,30 +74,6 @@ def create_model(
     return model.eval()
 
 
-def is_train_checkpoint(checkpoint: str | os.PathLike) -> bool:
-    """Whether ``checkpoint`` is an ``fcvit train`` checkpoint (it records its model, classes and data config)."""
-    from ..train.utils import read_weights
-
-    return "data_config" in read_weights(checkpoint)[1]
-
-
-def load_train_checkpoint(
-    name: str | None,
-    checkpoint: str | os.PathLike,
-    model_kwargs: dict[str, Any] | None = None,
-    img_size: int | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of an ``fcvit train`` checkpoint (its keyword arguments, classes and input channels; its model
-    weights, not the EMA's) in eval mode with fused attention off, and the data config it was trained with."""
-    from ..train.build import load_trained_model
-
-    model, data_config, _ = load_trained_model(name, checkpoint, model_kwargs=model_kwargs)
-    disable_fused_attention(model)
-    if img_size:
-        data_config["input_size"] = [data_config["input_size"][0], img_size, img_size]
-    return model.eval(), data_config
-
-
 def input_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
     """timm's eval data config of ``model``; the input size follows ``img_size`` or the model's patch embed."""
     from timm.data import resolve_data_config

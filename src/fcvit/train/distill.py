@@ -91,7 +91,8 @@ def load_teacher(
     differ: :class:`DistillationLoss` resizes) and predict the student's classes."""
     if not cfg.teacher:
         raise ValueError(f"--distill {cfg.distill} needs --teacher CHECKPOINT")
-    teacher, teacher_data, _ = load_trained_model(cfg.teacher_model or None, cfg.teacher, cfg.teacher_ema)
+    loaded = load_trained_model(cfg.teacher_model or None, cfg.teacher, cfg.teacher_ema)
+    teacher, teacher_data = loaded.model, loaded.data_config
     for key, part in (("input_size", slice(0, 1)), ("mean", slice(None)), ("std", slice(None))):
         if not _same(teacher_data[key][part], data_config[key][part]):
             raise ValueError(
