@@ -5,11 +5,11 @@
 wheels). By default a thread that reaches a barrier first spins there for a while; when another process holds
 one of the cores, the team's other thread is descheduled for a whole time slice and the spinning one burns
 its core waiting, so a 2-thread step ran 10-30 times slower on a busy 2-core machine (docs/training.md).
-The commands therefore set ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep; libgomp and Intel's runtime
-both read it) unless the user chose a wait policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``),
-and size the team to the CPUs this process may use: its affinity mask and its cgroup's CPU quota (a container
-given 2 of 64 cores gets 2 threads, not 64), unless ``OMP_NUM_THREADS`` is set.
-Both are read by the OpenMP runtime when torch loads it, hence environment variables set before that.
+Passive waiting (``OMP_WAIT_POLICY=PASSIVE``) cures that, but costs 1.6x on an idle machine (docs/training.md), so
+the commands leave the wait policy to the user and only size the team to the CPUs this process may use: its
+affinity mask and its cgroup's CPU quota (a container given 2 of 64 cores gets 2 threads, not 64), unless
+``OMP_NUM_THREADS`` is set. The OpenMP runtime reads it when torch loads, hence an environment variable set
+before that.
 
 **Allocator.** glibc's malloc serves every block above its mmap threshold (128 KiB, rising with use to at most 32 MiB)
 with a fresh ``mmap`` and gives it back to the kernel on ``free``. A network allocates and frees maps of
@@ -37,8 +37,6 @@ MMAP_THRESHOLD = 2**30
 TRIM_THRESHOLD = 2**31 - 1
 
 _state = {"allocator": "default"}
-
-WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def is_fcvit_command() -> bool:
@@ -95,8 +93,6 @@ def openmp_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The OpenMP variables the commands add to ``environ`` (default ``os.environ``): none that the user set."""
     environ = os.environ if environ is None else environ
     added = {}
-    if not any(k in environ for k in WAIT_POLICY_VARIABLES):
-        added["OMP_WAIT_POLICY"] = "PASSIVE"
     cpus = usable_cpus()
     if "OMP_NUM_THREADS" not in environ and cpus < (os.cpu_count() or cpus):
         added["OMP_NUM_THREADS"] = str(cpus)
