@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..train.config import load_config
+from ..train.config import load_config, read_yaml_mapping
 
 __all__ = ["ANALYSES", "Arm", "Study", "StudyError", "load_study"]
 
@@ -185,7 +183,7 @@ def load_study(path: str | Path) -> Study:
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise StudyError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = read_yaml_mapping(path)
+    except ValueError as e:
+        raise StudyError(str(e)) from None
     return study_from_dict(data, str(path), name=path.stem)
