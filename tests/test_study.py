@@ -200,7 +200,7 @@ def test_distillation_token_loss_and_averaged_heads(fm_root, tmp_path):
     assert ckpt["model_kwargs"]["distilled"] is True and "head_dist.weight" in ckpt["model"]
     assert "dist_token" in ckpt["model"] and "pos_embed" not in ckpt["model"]  # relative position: no embedding
 
-    student, _, _ = load_trained_model(None, tmp_path / "student" / "checkpoint-last.pth")
+    student = load_trained_model(None, tmp_path / "student" / "checkpoint-last.pth").model
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         tokens = student.forward_features(x)
