@@ -86,9 +86,15 @@ def optimize(model: nn.Module, backend: str | None = "auto") -> nn.Module:
     return model
 
 
+def command_backend(enabled: bool) -> str | None:
+    """The backend every ``fcvit`` command optimises with: ``"auto"``, or None (the plain model) under
+    ``--no-optimize``."""
+    return "auto" if enabled else None
+
+
 def is_optimized(model: nn.Module) -> bool:
     """True if any module of ``model`` has been swapped by :func:`optimize`."""
     return any(type(m) in _PLAIN for m in model.modules())
 
 
-__all__ = ["BACKENDS", "NO_OPTIMIZE_HELP", "is_optimized", "optimize"]
+__all__ = ["BACKENDS", "NO_OPTIMIZE_HELP", "command_backend", "is_optimized", "optimize"]

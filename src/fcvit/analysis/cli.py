@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..accel import NO_OPTIMIZE_HELP
+from ..accel import NO_OPTIMIZE_HELP, command_backend, optimize
 from ..errors import non_negative_int, positive_int
 
 ATTENTION_BLOCKS = (
@@ -131,14 +131,13 @@ def _load(name: str, checkpoint: str | None, kwargs: dict, args: argparse.Namesp
     """The model on the device and its eval data config."""
     import torch
 
-    from ..accel import optimize
     from .maps import create_model, input_config
 
     torch.manual_seed(args.seed)
     model = create_model(name, checkpoint, kwargs, args.img_size)
     cfg = input_config(model, args.img_size)
     model.to(_device(args))
-    optimize(model, None if args.no_optimize else "auto")
+    optimize(model, command_backend(not args.no_optimize))
     if not checkpoint:
         print(f"note: {name} has random weights (no checkpoint given)", file=sys.stderr)
     return model, cfg

@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from ..accel import is_optimized, optimize
+from ..accel import command_backend, is_optimized, optimize
 from ..models.complexity import count_gmacs, count_params
 from ..runtime import allocator
 from .memory import peak_rss_mb_in_subprocess, reset_peak_rss, rss_mb
@@ -102,7 +102,7 @@ def backend_of(spec: str, cfg: BenchConfig) -> str | None:
     _, colon, variant = spec.partition(":")
     if colon:
         return VARIANTS[colon + variant]
-    return "auto" if cfg.optimize else None
+    return command_backend(cfg.optimize)
 
 
 @dataclass

@@ -144,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(task, model) from the checkpoint or run directory ``args.checkpoint``; ``--data-dir`` overrides the config's."""
-    from ..accel import optimize
+    from ..accel import command_backend, optimize
     from .engine import load_trained
 
     config, ckpt = load_trained(args.checkpoint, args.task)
@@ -155,7 +155,7 @@ def _load(args: argparse.Namespace):
     task.class_names = ckpt["class_names"]
     model = task.build_model()
     model.load_state_dict(ckpt["model"])
-    return task, optimize(model, "auto" if cfg.optimize else None)
+    return task, optimize(model, command_backend(cfg.optimize))
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
-from ..accel import optimize
+from ..accel import command_backend, optimize
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.distributed import (
     DistInfo,
@@ -167,7 +167,7 @@ def _set_up(task: DenseTask, run_dir: Path, resume: bool, device: str | None) ->
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     train_set, val_set = task.dataset("train", train=True), task.dataset("val")
-    model = optimize(task.build_model(), "auto" if cfg.optimize else None).to(info.device)
+    model = optimize(task.build_model(), command_backend(cfg.optimize)).to(info.device)
     if info.distributed and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as mmdet/mmseg's SyncBN; 2-4 images per GPU
     sampler = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..accel import NO_OPTIMIZE_HELP
+from ..accel import NO_OPTIMIZE_HELP, command_backend, optimize
 from ..errors import non_negative_int, positive_int
 
 
@@ -97,12 +97,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _load_model(args: argparse.Namespace):
     """(model, data config, class names) of ``--checkpoint``, optimised unless ``--no-optimize``."""
-    from ..accel import optimize
     from .build import load_trained_model
 
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     trained = load_trained_model(args.model, args.checkpoint, args.ema, kwargs, args.in_chans, args.num_classes)
-    return optimize(trained.model, None if args.no_optimize else "auto"), trained.data_config, trained.class_names
+    return optimize(trained.model, command_backend(not args.no_optimize)), trained.data_config, trained.class_names
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..accel import optimize
+from ..accel import command_backend, optimize
 from .build import load_trained_model
 from .config import TrainConfig
 
@@ -102,7 +102,7 @@ def load_teacher(
     classes = teacher.num_classes if hasattr(teacher, "num_classes") else None
     if classes != num_classes:
         raise ValueError(f"--teacher {cfg.teacher} predicts {classes} classes, the data has {num_classes}")
-    teacher = optimize(teacher, "auto" if cfg.optimize else None)
+    teacher = optimize(teacher, command_backend(cfg.optimize))
     teacher.requires_grad_(False)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     size = (int(teacher_data["input_size"][1]), int(teacher_data["input_size"][2]))

@@ -34,7 +34,7 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..accel import optimize
+from ..accel import command_backend, optimize
 from ..models.complexity import count_params
 from ..rundir import clean_orphans, new_run_dir
 from .build import create_loaders, create_model, is_fashion_mnist, open_dataset, resolve_data_config
@@ -258,7 +258,7 @@ def _create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         raise ValueError(f"--distill: {cfg.model} has no distillation token (the DeiT hosts have one)") from None
     if cfg.initial_checkpoint:
         model.load_state_dict(read_weights(cfg.initial_checkpoint)[0])
-    return optimize(model, "auto" if cfg.optimize else None)
+    return optimize(model, command_backend(cfg.optimize))
 
 
 def _create_optimizer(cfg: TrainConfig, model: nn.Module, updates_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
