@@ -1,15 +1,20 @@
-"""Process-wide CPU settings that the ``fcvit`` commands apply at start-up.
+"""Process-wide CPU settings that the ``fcvit`` commands apply at start-up and while they run.
 
-**OpenMP threads** (:func:`prepare_command_process`, run by ``import fcvit`` before torch loads, in the
-``fcvit`` command's process only). PyTorch's CPU operators run on an OpenMP team (GNU libgomp in the Linux
-wheels). By default a thread that reaches a barrier first spins there for a while; when another process holds
-one of the cores, the team's other thread is descheduled for a whole time slice and the spinning one burns
-its core waiting, so a 2-thread step ran 10-30 times slower on a busy 2-core machine (docs/training.md).
-Passive waiting (``OMP_WAIT_POLICY=PASSIVE``) cures that, but costs 1.6x on an idle machine (docs/training.md), so
-the commands leave the wait policy to the user and only size the team to the CPUs this process may use: its
-affinity mask and its cgroup's CPU quota (a container given 2 of 64 cores gets 2 threads, not 64), unless
-``OMP_NUM_THREADS`` is set. The OpenMP runtime reads it when torch loads, hence an environment variable set
-before that.
+**OpenMP threads.** PyTorch's CPU operators run on an OpenMP team (GNU libgomp in the Linux wheels). A thread
+that reaches a barrier first spins there for a while. When another process holds one of the cores, the team's
+other thread is descheduled for whole time slices and every operator waits for it, so a 2-thread step ran
+10-30 times slower on a busy 2-core machine (docs/training.md). Two remedies were measured there:
+
+* passive waiting (``OMP_WAIT_POLICY=PASSIVE``) cures the busy case but costs 1.6x on an idle machine, so the
+  commands leave the wait policy to the user;
+* a team no larger than the cores other processes leave free cures it at no cost when idle. The commands do
+  that, twice: before torch loads, :func:`prepare_command_process` sizes the team to the CPUs this process may
+  use (its affinity mask and cgroup CPU quota: a container given 2 of 64 cores gets 2 threads, not 64); while
+  they run, :func:`adapt_threads` (called at every step of every loop, via the progress display) re-fits it
+  every few seconds to the cores the other processes left idle, as read from ``/proc/stat``
+  (:class:`ThreadGovernor`). The user's ``OMP_NUM_THREADS`` or a command's ``--threads`` turns both off;
+  ``FCVIT_ADAPT_THREADS=0`` turns off the second. A changing team changes the order of some sums, so a run
+  repeats bit for bit only when its thread count does (pin it with ``OMP_NUM_THREADS`` for that).
 
 **Allocator.** glibc's malloc serves every block above its mmap threshold (128 KiB, rising with use to at most 32 MiB)
 with a fresh ``mmap`` and gives it back to the kernel on ``free``. A network allocates and frees maps of
@@ -30,13 +35,17 @@ import ctypes.util
 import math
 import os
 import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 2**30
 TRIM_THRESHOLD = 2**31 - 1
 
-_state = {"allocator": "default"}
+ADAPT_INTERVAL_S = 2.0  # how often the thread team is re-fitted to the free cores
+
+_state: dict = {"allocator": "default", "adapt": False, "governor": None}
 
 
 def is_fcvit_command() -> bool:
@@ -99,17 +108,127 @@ def openmp_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return added
 
 
+def may_adapt_threads(environ: Mapping[str, str]) -> bool:
+    """Whether the command may re-fit its thread team as it runs: not when the user set ``OMP_NUM_THREADS`` or
+    ``FCVIT_ADAPT_THREADS=0``."""
+    return "OMP_NUM_THREADS" not in environ and environ.get("FCVIT_ADAPT_THREADS", "1") != "0"
+
+
 def prepare_command_process() -> dict[str, str]:
     """In the ``fcvit`` command's process, before torch loads: set :func:`openmp_environment`; returns what it set.
 
-    Does nothing in other processes (``import fcvit`` in a user's program leaves the environment alone) or once
-    torch is loaded (its OpenMP runtime has read the environment by then).
+    Also decides whether :func:`adapt_threads` may re-fit the team later (:func:`may_adapt_threads`). Does
+    nothing in other processes (``import fcvit`` in a user's program leaves the environment alone) or once torch
+    is loaded (its OpenMP runtime has read the environment by then).
     """
     if not is_fcvit_command() or "torch" in sys.modules:
         return {}
+    _state["adapt"] = may_adapt_threads(os.environ)
     added = openmp_environment()
     os.environ.update(added)
     return added
+
+
+def read_cpu_busy(cpus: Sequence[int], stat_path: str = "/proc/stat") -> float | None:
+    """CPU-seconds that ``cpus`` have spent busy since boot, all processes together; None where unreadable.
+
+    Busy is every column of their ``/proc/stat`` lines but idle and iowait (user, nice, system, irq, softirq, steal).
+    """
+    wanted = {f"cpu{c}" for c in cpus}
+    ticks = 0
+    try:
+        with open(stat_path) as f:
+            for line in f:
+                name, *values = line.split()
+                if name in wanted:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in values[:8])
+                    ticks += user + nice + system + irq + softirq + steal
+                    wanted.discard(name)
+    except (OSError, ValueError):
+        return None
+    return None if wanted else ticks / os.sysconf("SC_CLK_TCK")
+
+
+class ThreadGovernor:
+    """Keeps the thread team no larger than the cores that other processes leave idle (module docstring).
+
+    Each :meth:`poll` at least ``interval`` seconds after the last one measures, over that time, the CPU-seconds
+    the process's CPUs were busy minus its own: the cores the others used (their DataLoader workers included,
+    which compete for the cores just the same). The team becomes the cores left, rounded, between 1 and
+    ``max_threads``. One thread per free core never waits for a descheduled teammate; spinning stays the cheap
+    way to wait when the machine is idle.
+    """
+
+    def __init__(
+        self,
+        cpus: Sequence[int],
+        max_threads: int,
+        set_threads: Callable[[int], None],
+        interval: float = ADAPT_INTERVAL_S,
+        busy: Callable[[Sequence[int]], float | None] = read_cpu_busy,
+        own: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cpus, self.max_threads, self.set_threads, self.interval = list(cpus), max_threads, set_threads, interval
+        self.busy, self.own, self.clock = busy, own, clock
+        self.threads = max_threads
+        self.others = 0.0  # cores the other processes used over the last interval
+        self._last: tuple[float, float, float] | None = None
+
+    def poll(self) -> int | None:
+        """Re-fit the team if ``interval`` has passed; returns the new thread count when it changed, else None."""
+        now = self.clock()
+        if self._last is not None and now - self._last[0] < self.interval:
+            return None
+        busy, own = self.busy(self.cpus), self.own()
+        if busy is None:
+            return None
+        last, self._last = self._last, (now, busy, own)
+        if last is None:
+            return None
+        self.others = max(0.0, (busy - last[1]) - (own - last[2])) / (now - last[0])
+        threads = min(self.max_threads, max(1, math.floor(len(self.cpus) - self.others + 0.5)))
+        if threads == self.threads:
+            return None
+        self.threads = threads
+        self.set_threads(threads)
+        return threads
+
+
+def adapt_threads() -> None:
+    """In an ``fcvit`` command that sized its own team, re-fit it to the free cores (:class:`ThreadGovernor`).
+
+    Cheap enough for every step: it reads ``/proc/stat`` once per ``ADAPT_INTERVAL_S``. Elsewhere it does nothing.
+    """
+    if not _state["adapt"]:
+        return
+    import torch
+
+    governor = _state["governor"]
+    if governor is None:
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux: no /proc/stat either
+            _state["adapt"] = False
+            return
+        governor = _state["governor"] = ThreadGovernor(cpus, torch.get_num_threads(), torch.set_num_threads)
+    threads = governor.poll()
+    if threads is not None:
+        from tqdm import tqdm
+
+        tqdm.write(
+            f"fcvit: other processes used {governor.others:.1f} of {len(governor.cpus)} CPUs: "
+            f"{threads} torch thread{'s' * (threads > 1)} from now on",
+            file=sys.stderr,
+        )
+
+
+def set_threads(threads: int) -> None:
+    """Fix torch's thread count at ``threads`` (a command's ``--threads``): :func:`adapt_threads` leaves it so."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _state["adapt"] = False
 
 
 def tune_cpu_allocator() -> bool:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..accel import command_backend, is_optimized, optimize
 from ..models.complexity import count_gmacs, count_params
-from ..runtime import allocator
+from ..runtime import allocator, set_threads, tune_cpu_allocator
 from .memory import peak_rss_mb_in_subprocess, reset_peak_rss, rss_mb
 from .timing import interleaved_times, round_ratios, summarize
 
@@ -226,7 +226,7 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
     if reference not in specs:
         raise ValueError(f"reference model {reference!r} is not among the benchmarked models {specs}")
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
     info = machine_info(cfg)
     workloads = {s: build_workload(s, cfg) for s in specs}
     load = info.get("loadavg_start", [0.0])[0]
@@ -319,14 +319,12 @@ def _memory_child(request: str) -> None:
     ``request`` and print the growth of the peak RSS over its steps as JSON."""
     import json
 
-    from ..runtime import tune_cpu_allocator
-
     args = json.loads(request)
     if args["tune_malloc"]:
         tune_cpu_allocator()
     cfg = BenchConfig(**{**args["cfg"], "modes": tuple(args["cfg"]["modes"])})
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
     baseline = rss_mb("VmRSS")
     reset_peak_rss()
     step = build_workload(args["spec"], cfg, (args["mode"],)).steps[args["mode"]]

@@ -76,13 +76,12 @@ class StudyJob:
         self.run, self.study, self.root, self.threads = run, study, root, threads
 
     def __call__(self) -> dict[str, Any]:
-        import torch
-
         from ..cli import main
+        from ..runtime import set_threads
 
         run = self.run
         if self.threads:
-            torch.set_num_threads(self.threads)
+            set_threads(self.threads)
         rank = _export_distributed_environment()
         if run.train_argv is not None and not (run.run_dir / SUMMARY).is_file():
             resume = ["--resume", str(run.run_dir / LAST)] if (run.run_dir / LAST).is_file() else []
