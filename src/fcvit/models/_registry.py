@@ -10,20 +10,26 @@ from timm.models import register_model as _timm_register_model
 
 F = TypeVar("F", bound=Callable)
 
-_PROJECT_MODELS: list[str] = []
+# the order `fcvit models` and list_models() give: FCViT first, then the FCViT paper's comparison frame, then the
+# other source papers' systems
+FAMILY_ORDER = ("fcvit", "mixers", "acmix_resnet", "acmix_swin", "dynconv")
+_PROJECT_MODELS: list[tuple[str, str]] = []  # (family module, model name), in registration order
 _PAPER_FIGURES: dict[str, dict[str, float | None]] = {}
 _PAPER_VARIANTS: dict[str, list[tuple[dict, dict[str, float | None]]]] = {}
 
 
 def register_model(fn: F) -> F:
     """timm's ``register_model``, plus a record so :func:`list_models` lists only this project's models."""
-    _PROJECT_MODELS.append(fn.__name__)
+    _PROJECT_MODELS.append((fn.__module__.rsplit(".", 1)[-1], fn.__name__))
     return _timm_register_model(fn)
 
 
 def list_models() -> list[str]:
-    """Names of every model this package registers with timm, in registration order."""
-    return list(_PROJECT_MODELS)
+    """Names of every model this package registers with timm: family by family (``FAMILY_ORDER``), each family's
+    in its file's order."""
+    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    ordered = sorted(_PROJECT_MODELS, key=lambda entry: rank.get(entry[0], len(rank)))
+    return [name for _, name in ordered]
 
 
 def register_paper_figures(figures: dict[str, dict[str, float | None]], model_kwargs: dict | None = None) -> None:
