@@ -18,7 +18,7 @@ from train_utils import TINY_KWARGS, make_fashion_root
 import fcvit.train.train as train_module
 from fcvit.cli import main
 from fcvit.study import StudyError, load_study
-from fcvit.study.report import compare, mean_std, report_study
+from fcvit.study.report import compare, copy_attention_grids, mean_std, report_study
 from fcvit.study.runner import ExecutorOptions, plan_runs, run_study
 from fcvit.train.build import load_trained_model
 from fcvit.train.checkpoint import load_checkpoint
@@ -122,6 +122,19 @@ def test_study_killed_resumes_to_the_uninterrupted_results_and_reports(fm_root, 
     assert (tmp_path / "straight" / "depth" / "a" / "seed1" / "analysis" / "stats" / "stats.json").is_file()
     result = report_study(tmp_path / "straight" / "depth")
     assert "depth.png" in result["files"] and len(result["depth"]) == 4  # one similarity site per FCViT block
+
+
+def test_report_copies_each_arms_first_attention_grid(tmp_path):
+    for arm, seed, image in [("a", 1, "val000"), ("a", 0, "val000"), ("a", 0, "val001"), ("b", 2, "val000")]:
+        grid = tmp_path / "study" / arm / f"seed{seed}" / "analysis" / "attention" / f"attention_00_{image}.png"
+        if image == "val001":
+            grid = grid.with_name("attention_01_val001.png")
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        grid.write_text(f"{arm} {seed} {image}")
+    (tmp_path / "out").mkdir()
+    assert copy_attention_grids(tmp_path / "study", tmp_path / "out") == ["attention_a.png", "attention_b.png"]
+    assert (tmp_path / "out" / "attention_a.png").read_text() == "a 0 val000"  # first seed, first image
+    assert (tmp_path / "out" / "attention_b.png").read_text() == "b 2 val000"
 
 
 def test_welch_test_and_spread_on_constructed_numbers():

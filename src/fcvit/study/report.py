@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -260,7 +261,8 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def report_study(study_dir: str | Path, output: str | Path | None = None) -> dict[str, Any]:
     """Write ``results.csv``, ``results.md``, ``accuracy.png``, ``curves.png`` (and for analysis studies
-    ``depth.csv``, ``depth.png``) to ``output`` (default ``STUDY_DIR/report``); returns the rows and paths."""
+    ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) to ``output`` (default ``STUDY_DIR/report``); returns
+    the rows and paths."""
     study_dir = Path(study_dir)
     study, results = collect(study_dir)
     if not any(r.summaries for r in results):
@@ -279,8 +281,21 @@ def report_study(study_dir: str | Path, output: str | Path | None = None) -> dic
         plot_depth(depth, out / "depth.png", f"{study['name']}: attention statistics against depth")
         files += ["depth.csv", "depth.png"]
         table += "\n" + depth_table(depth)
+    files += copy_attention_grids(study_dir, out)
     (out / "results.md").write_text(table)
     return dict(rows=rows, depth=depth, table=table, output=str(out), files=files)
+
+
+def copy_attention_grids(study_dir: Path, out: Path) -> list[str]:
+    """Copy, per arm, the first test image's Fig. 2-style grid (``fcvit analyze attention``) of its first seed that
+    has one to ``out/attention_<arm>.png``: the compact record of an analysis study; the others stay in the runs."""
+    copied = []
+    for arm_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
+        grids = sorted(arm_dir.glob("seed*/analysis/attention/attention_00_*.png"))
+        if grids:
+            shutil.copyfile(grids[0], out / f"attention_{arm_dir.name}.png")
+            copied.append(f"attention_{arm_dir.name}.png")
+    return copied
 
 
 def depth_table(rows: list[dict[str, Any]]) -> str:
