@@ -212,6 +212,10 @@ def test_distillation_token_loss_and_averaged_heads(fm_root, tmp_path):
     ckpt = load_checkpoint(tmp_path / "student" / "checkpoint-last.pth")
     assert ckpt["model_kwargs"]["distilled"] is True and "head_dist.weight" in ckpt["model"]
     assert "dist_token" in ckpt["model"] and "pos_embed" not in ckpt["model"]  # relative position: no embedding
+    # resumed with the flags it started with, as `fcvit study run` resumes a killed run (no `distilled` in them)
+    last = str(tmp_path / "student" / "checkpoint-last.pth")
+    assert main([*args, "--distill", "hard", "--experiment", "student", "--epochs", "2", "--resume", last]) == 0
+    assert load_checkpoint(last)["epoch"] == 2
 
     student = load_trained_model(None, tmp_path / "student" / "checkpoint-last.pth").model
     x = torch.randn(4, 1, 28, 28)

@@ -151,16 +151,16 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
+    if cfg.distill not in DISTILL_KINDS:
+        raise ValueError(f"--distill must be one of {DISTILL_KINDS}, got {cfg.distill!r}")
+    if cfg.distill != "none":  # the student gets DeiT's distillation token (recorded with the model's kwargs)
+        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "distilled": True})
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     changes = check_resume_config(ckpt, cfg) if ckpt is not None else []
     run_dir = Path(cfg.resume).parent if ckpt is not None else new_run_dir(cfg.output, cfg.experiment, _stem(cfg))
     clean_orphans(run_dir)
 
     cfg = dataclasses.replace(cfg, in_chans=cfg.in_chans or (1 if is_fashion_mnist(cfg.data) else 3))
-    if cfg.distill not in DISTILL_KINDS:
-        raise ValueError(f"--distill must be one of {DISTILL_KINDS}, got {cfg.distill!r}")
-    if cfg.distill != "none":  # the student gets DeiT's distillation token (recorded with the model's kwargs)
-        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "distilled": True})
     train_set, class_names = open_dataset(cfg.data, cfg.train_split, cfg.in_chans, cfg.data_dir, cfg.train_limit)
     val_set, val_classes = open_dataset(cfg.data, cfg.val_split, cfg.in_chans, cfg.data_dir, cfg.val_limit)
     if val_classes != class_names:
