@@ -125,12 +125,11 @@ def test_study_killed_resumes_to_the_uninterrupted_results_and_reports(fm_root, 
 
 
 def test_report_copies_each_arms_first_attention_grid(tmp_path):
-    for arm, seed, image in [("a", 1, "val000"), ("a", 0, "val000"), ("a", 0, "val001"), ("b", 2, "val000")]:
-        grid = tmp_path / "study" / arm / f"seed{seed}" / "analysis" / "attention" / f"attention_00_{image}.png"
-        if image == "val001":
-            grid = grid.with_name("attention_01_val001.png")
+    grids = [("a", 1, "00_val000"), ("a", 0, "00_val000"), ("a", 0, "01_val001"), ("b", 2, "00_val000")]
+    for arm, seed, image in grids:
+        grid = tmp_path / "study" / arm / f"seed{seed}" / "analysis" / "attention" / f"attention_{image}.png"
         grid.parent.mkdir(parents=True, exist_ok=True)
-        grid.write_text(f"{arm} {seed} {image}")
+        grid.write_text(f"{arm} {seed} {image[3:]}")
     (tmp_path / "out").mkdir()
     assert copy_attention_grids(tmp_path / "study", tmp_path / "out") == ["attention_a.png", "attention_b.png"]
     assert (tmp_path / "out" / "attention_a.png").read_text() == "a 0 val000"  # first seed, first image
@@ -209,15 +208,15 @@ def test_distillation_token_loss_and_averaged_heads(fm_root, tmp_path):
     teacher = str(tmp_path / "teacher" / "checkpoint-last.pth")
     args = ["train", *STUDENT, json.dumps(STUDENT_KWARGS), *common, "--teacher", teacher]
     assert main([*args, "--distill", "hard", "--experiment", "student"]) == 0
-    ckpt = load_checkpoint(tmp_path / "student" / "checkpoint-last.pth")
+    last = str(tmp_path / "student" / "checkpoint-last.pth")
+    ckpt = load_checkpoint(last)
     assert ckpt["model_kwargs"]["distilled"] is True and "head_dist.weight" in ckpt["model"]
     assert "dist_token" in ckpt["model"] and "pos_embed" not in ckpt["model"]  # relative position: no embedding
     # resumed with the flags it started with, as `fcvit study run` resumes a killed run (no `distilled` in them)
-    last = str(tmp_path / "student" / "checkpoint-last.pth")
     assert main([*args, "--distill", "hard", "--experiment", "student", "--epochs", "2", "--resume", last]) == 0
     assert load_checkpoint(last)["epoch"] == 2
 
-    student = load_trained_model(None, tmp_path / "student" / "checkpoint-last.pth").model
+    student = load_trained_model(None, last).model
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         tokens = student.forward_features(x)

@@ -88,7 +88,7 @@ def collect(study_dir: Path) -> tuple[dict[str, Any], list[ArmResult]]:
     results = []
     for arm in study["arms"]:
         seeds, summaries, curves, stats = [], [], [], []
-        for seed_dir in sorted((study_dir / arm["name"]).glob("seed*"), key=lambda p: int(p.name[4:] or 0)):
+        for seed_dir in _seed_dirs(study_dir / arm["name"]):
             trained = _trained_dir(study, arm, study_dir, seed_dir)
             summary = _read_json(trained / "summary.json")
             if summary is None:
@@ -102,6 +102,11 @@ def collect(study_dir: Path) -> tuple[dict[str, Any], list[ArmResult]]:
                 stats.append(layers["layers"])
         results.append(ArmResult(arm["name"], seeds, summaries, curves, stats))
     return study, results
+
+
+def _seed_dirs(arm_dir: Path) -> list[Path]:
+    """An arm's ``seed<k>`` run directories in seed order (seed10 after seed2)."""
+    return sorted(arm_dir.glob("seed*"), key=lambda p: int(p.name[4:] or 0))
 
 
 def _fmt(mean: float, std: float, digits: int) -> str:
@@ -291,7 +296,7 @@ def copy_attention_grids(study_dir: Path, out: Path) -> list[str]:
     has one to ``out/attention_<arm>.png``: the compact record of an analysis study; the others stay in the runs."""
     copied = []
     for arm_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
-        grids = sorted(arm_dir.glob("seed*/analysis/attention/attention_00_*.png"))
+        grids = [g for seed in _seed_dirs(arm_dir) for g in seed.glob("analysis/attention/attention_00_*.png")]
         if grids:
             shutil.copyfile(grids[0], out / f"attention_{arm_dir.name}.png")
             copied.append(f"attention_{arm_dir.name}.png")
