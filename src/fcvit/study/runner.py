@@ -201,34 +201,38 @@ def analysis_argv(study: Study, root: Path, run: Run, kind: str) -> list[str]:
 
 
 def plan_runs(study: Study, root: str | Path, arms: Sequence[str] | None = None, seeds: int | None = None) -> list[Run]:
-    """The runs of ``study`` under ``root`` (``arms``: a subset by name; ``seeds``: another number of seeds)."""
+    """The runs of ``study`` under ``root`` (``arms``: a subset by name; ``seeds``: this number of seeds for every
+    arm instead of each arm's own), seed by seed: every arm's seed k comes before any arm's seed k + 1, so a
+    study stopped half-way has its arms equally far."""
     root = Path(root)
     names = list(arms) if arms else [a.name for a in study.arms]
-    for name in names:
-        study.arm(name)
-    runs = []
-    for name in names:
-        arm = study.arm(name)
+    chosen = [study.arm(name) for name in names]
+    argv_of: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for arm in chosen:
         if arm.source is None:
-            config = _arm_config(study, root, name)
-            teacher = []
+            teacher: tuple[str, ...] = ()
             if arm.teacher is not None:
-                teacher = ["--teacher", str(best_run(root, arm.teacher["study"], arm.teacher["arms"]) / BEST)]
-        for seed in range(seeds or study.seeds):
-            own = run_dir(root, study.name, name, seed)
+                teacher = ("--teacher", str(best_run(root, arm.teacher["study"], arm.teacher["arms"]) / BEST))
+            argv_of[arm.name] = (str(_arm_config(study, root, arm.name)), teacher)
+    counts = {arm.name: seeds or study.seeds_of(arm) for arm in chosen}
+    runs = []
+    for seed in range(max(counts.values())):
+        for arm in (a for a in chosen if seed < counts[a.name]):
+            own = run_dir(root, study.name, arm.name, seed)
             if arm.source is not None:
                 trained = run_dir(root, arm.source["study"], arm.source["arm"], seed)
                 if not (trained / SUMMARY).is_file():
                     raise StudyError(
-                        f"{study.path}: arm {name!r} analyses {trained}, which has not finished: run study "
+                        f"{study.path}: arm {arm.name!r} analyses {trained}, which has not finished: run study "
                         f"{arm.source['study']!r} first"
                     )
                 argv = None
             else:
                 trained = own
-                out = ["--output", str(own.parent), "--experiment", own.name]
-                argv = ("train", "--config", str(config), "--seed", str(seed), *out, *teacher)
-            runs.append(Run(name, seed, own, trained, argv, tuple(study.analysis)))
+                config, teacher = argv_of[arm.name]
+                out = ("--output", str(own.parent), "--experiment", own.name)
+                argv = ("train", "--config", config, "--seed", str(seed), *out, *teacher)
+            runs.append(Run(arm.name, seed, own, trained, argv, tuple(study.analysis)))
     return runs
 
 

@@ -9,6 +9,7 @@
     arms:
       - name: attn_softmax
         train: {model: test_deit_attn_softmax, model_kwargs: {img_size: 28, patch_size: 4}}
+        seeds: 8                      # this arm's own number of seeds (default: the study's)
       - name: distilled               # --teacher: the best run (top-1) of these arms of another study
         train: {distill: hard}
         teacher: {study: mixers, arms: [convnext_atto, resnet18]}
@@ -49,12 +50,14 @@ class Arm:
 
     ``teacher``: ``{"study": NAME, "arms": [ARM, ...]}``, the distillation teacher is the best run of those arms.
     ``source``: ``{"study": NAME, "arm": ARM}``, no training; the analyses read that arm's runs.
+    ``seeds``: this arm's number of seeds (None: the study's).
     """
 
     name: str
     train: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
+    seeds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class Study:
                 return arm
         raise StudyError(f"{self.path or self.name}: no arm {name!r} (arms: {', '.join(a.name for a in self.arms)})")
 
+    def seeds_of(self, arm: Arm) -> int:
+        """How many seeds ``arm`` runs: its own count, else the study's."""
+        return arm.seeds or self.seeds
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -84,6 +91,12 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise StudyError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _seed_count(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise StudyError(f"{where}: 'seeds' must be a positive integer, got {value!r}")
     return value
 
 
@@ -108,18 +121,19 @@ def _check_train(values: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _arm(entry: Any, common: dict[str, Any], where: str) -> Arm:
     entry = _mapping(entry, where)
-    _keys(entry, ("name", "train", "teacher", "source"), where)
+    _keys(entry, ("name", "train", "teacher", "source", "seeds"), where)
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise StudyError(f"{where}: 'name' must be a folder-safe name (letters, digits, _ . -), got {name!r}")
     where = f"{where.rsplit(':', 1)[0]}: arm {name!r}"
+    seeds = None if entry.get("seeds") is None else _seed_count(entry["seeds"], where)
     teacher, source = entry.get("teacher"), entry.get("source")
     if source is not None:
         source = _mapping(source, f"{where} source")
         _keys(source, ("study", "arm"), f"{where} source")
         if not all(isinstance(source.get(k), str) for k in ("study", "arm")) or entry.get("train") or teacher:
             raise StudyError(f"{where}: 'source' names a study and an arm ({{study: S, arm: A}}) and trains nothing")
-        return Arm(name, source=dict(source))
+        return Arm(name, source=dict(source), seeds=seeds)
     train = _check_train({**common, **_mapping(entry.get("train"), f"{where} train")}, where)
     if teacher is not None:
         teacher = _mapping(teacher, f"{where} teacher")
@@ -132,7 +146,7 @@ def _arm(entry: Any, common: dict[str, Any], where: str) -> Arm:
         teacher = {"study": teacher["study"], "arms": [str(a) for a in arms]}
     elif train.get("distill", "none") != "none":
         raise StudyError(f"{where}: 'distill' needs a 'teacher: {{study: S, arms: [A, ...]}}' entry")
-    return Arm(name, train=train, teacher=teacher)
+    return Arm(name, train=train, teacher=teacher, seeds=seeds)
 
 
 def study_from_dict(data: Any, path: str, name: str | None = None) -> Study:
@@ -142,9 +156,7 @@ def study_from_dict(data: Any, path: str, name: str | None = None) -> Study:
     name = data.get("name", name)
     if not isinstance(name, str) or not _NAME.match(name):
         raise StudyError(f"{path}: 'name' must be a folder-safe name (letters, digits, _ . -), got {name!r}")
-    seeds = data.get("seeds", 3)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise StudyError(f"{path}: 'seeds' must be a positive integer, got {seeds!r}")
+    seeds = _seed_count(data.get("seeds", 3), path)
     common = _mapping(data.get("train"), f"{path}: train")
     entries = data.get("arms")
     if not isinstance(entries, list) or not entries:
