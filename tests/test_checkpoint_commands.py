@@ -13,7 +13,7 @@ from PIL import Image
 from train_utils import TINY, TINY_KWARGS, make_fashion_root, one_thread
 
 from fcvit.cli import main
-from fcvit.train.checkpoint import load_checkpoint, save_checkpoint
+from fcvit.engine.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -10,8 +10,8 @@ import torch
 
 import fcvit
 from fcvit.cli import main
+from fcvit.engine.logger import Progress, plot_curves, remaining_time
 from fcvit.train import logger
-from fcvit.train.logger import Progress, plot_curves, remaining_time
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -15,13 +15,13 @@ from PIL import Image
 from train_utils import TINY, TINY_KWARGS, TORCHRUN, make_fashion_root, make_image_folder, run_cli
 
 import fcvit.train.train as train_module
-from fcvit.atomic import DiskFullError
 from fcvit.cli import main
 from fcvit.data import ImageFolderDataset, load_image
 from fcvit.data.folder import BadImageError
 from fcvit.data.loaders import DatasetLoader
-from fcvit.rundir import clean_orphans, new_run_dir
-from fcvit.train.checkpoint import load_checkpoint, save_checkpoint
+from fcvit.engine.atomic import DiskFullError
+from fcvit.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcvit.engine.rundir import clean_orphans, new_run_dir
 from fcvit.train.config import load_config
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -291,7 +291,8 @@ STALLING_RANK = """
 import os, sys, time
 import torch
 from fcvit.errors import report_error
-from fcvit.train.distributed import RankLostError, all_reduce_sum, init_distributed, peer_failures
+from fcvit.errors import RankLostError
+from fcvit.engine.distributed import all_reduce_sum, init_distributed, peer_failures
 info = init_distributed("cpu", timeout_s=8)  # over the two processes' start-up skew on a busy machine
 if info.rank == 1:
     time.sleep(60)  # hangs; torchrun stops it once rank 0 has failed

@@ -13,7 +13,7 @@ from train_utils import TINY, TINY_KWARGS, make_fashion_root, make_image_folder,
 
 from fcvit.cli import main
 from fcvit.data import FASHION_MNIST_CLASSES
-from fcvit.train.checkpoint import save_checkpoint
+from fcvit.engine.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

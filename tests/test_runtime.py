@@ -197,7 +197,6 @@ import os, sys
 sys.argv[0] = "/venv/bin/fcvit"  # as the console script runs
 import fcvit, torch
 from fcvit import runtime
-from fcvit.train.logger import Progress
 print(runtime._state["adapt"], torch.get_num_threads())
 if runtime._state["adapt"]:
     clock = iter([0.0, 3.0])  # two readings 3 s apart, in which the others used one core
@@ -205,9 +204,8 @@ if runtime._state["adapt"]:
     runtime._state["governor"] = runtime.ThreadGovernor(
         [0, 1], 2, torch.set_num_threads, busy=lambda c: next(busy), own=iter([0.0, 2 * 3.0]).__next__,
         clock=clock.__next__)
-    progress = Progress(4, "probe", tty=False)
-    progress.update(1)
-    progress.update(1)
+    runtime.adapt_threads()
+    runtime.adapt_threads()
     print(torch.get_num_threads())
 runtime.set_threads(2)
 print(runtime._state["adapt"])
@@ -215,8 +213,8 @@ print(runtime._state["adapt"])
 
 
 def test_command_adapts_its_team_at_every_step_unless_told_not_to():
-    """The command's loops (through Progress) re-fit the team; OMP_NUM_THREADS, FCVIT_ADAPT_THREADS=0 and a
-    --threads flag (set_threads) turn that off."""
+    """adapt_threads (which every loop of the commands calls once per step) re-fits the team; OMP_NUM_THREADS,
+    FCVIT_ADAPT_THREADS=0 and a --threads flag (set_threads) turn that off."""
     from fcvit.runtime import may_adapt_threads
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FCVIT_ADAPT_THREADS")}

@@ -17,11 +17,11 @@ from train_utils import TINY_KWARGS, make_fashion_root
 
 import fcvit.train.train as train_module
 from fcvit.cli import main
+from fcvit.engine.checkpoint import load_checkpoint
 from fcvit.study import StudyError, load_study
 from fcvit.study.report import compare, copy_attention_grids, mean_std, report_study
 from fcvit.study.runner import ExecutorOptions, plan_runs, run_study
 from fcvit.train.build import load_trained_model
-from fcvit.train.checkpoint import load_checkpoint
 from fcvit.train.distill import DistillationLoss
 
 needs_submitit = pytest.mark.skipif(

@@ -10,9 +10,10 @@ import torch
 import yaml
 from train_utils import REPO, TINY_KWARGS
 
-from fcvit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fcvit.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcvit.engine.rng import get_rng_state, set_rng_state
+from fcvit.errors import CheckpointError
 from fcvit.train.config import TrainConfig, add_config_arguments, config_from_args, load_config, save_config
-from fcvit.train.utils import get_rng_state, set_rng_state
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

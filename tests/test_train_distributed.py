@@ -8,7 +8,7 @@ import pytest
 from train_utils import TINY, TORCHRUN, make_fashion_root, run_cli
 
 from fcvit.cli import main
-from fcvit.train.checkpoint import load_checkpoint
+from fcvit.engine.checkpoint import load_checkpoint
 
 # BatchNorm-free (LayerNorm) model: without SyncBatchNorm (CUDA only) each rank normalises its half batch,
 # so a BatchNorm model legitimately drifts from the 1-process run; LayerNorm isolates the DDP machinery.
@@ -51,7 +51,7 @@ DRIVER = """
 import os, sys
 from fcvit.train import logger
 from fcvit.cli import main
-from fcvit.train.checkpoint import load_checkpoint
+from fcvit.engine.checkpoint import load_checkpoint
 update = logger.Progress.update
 def update_or_fail(self, *args, **kwargs):
     update(self, *args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from fcvit.train.logger import Progress, RunLogger
+from fcvit.engine.logger import Progress, RunLogger
 
 
 def test_run_logger_files_resume_and_disabled(tmp_path):

@@ -13,7 +13,7 @@ from train_utils import TINY, make_fashion_root, make_image_folder, run_cli
 
 import fcvit.train.train as train_module
 from fcvit.cli import main
-from fcvit.train.checkpoint import load_checkpoint
+from fcvit.engine.checkpoint import load_checkpoint
 from fcvit.train.config import load_config
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

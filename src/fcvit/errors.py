@@ -9,12 +9,20 @@ import os
 import sys
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or holds objects that are not allowed."""
+
+
+class RankLostError(RuntimeError):
+    """Another rank stopped answering in a collective (hung past ``--dist-timeout``, or gone)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the bad step touches the weights."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Expected failures (bad input, bad file, diverged run, lost rank): one line naming the problem, exit code 1."""
-    from .train.checkpoint import CheckpointError
-    from .train.distributed import RankLostError
-    from .train.utils import NonFiniteLossError
-
     return OSError, ValueError, CheckpointError, NonFiniteLossError, RankLostError
 
 

@@ -26,7 +26,7 @@ from torch import nn
 if TYPE_CHECKING:
     from .train.build import TrainedModel
 
-from .atomic import atomic_write
+from .engine.atomic import atomic_write
 from .errors import positive_int
 
 FORMATS = ("onnx", "exported-program", "safetensors")
@@ -154,7 +154,8 @@ def load_safetensors(path: str) -> nn.Module:
     """Rebuild the model written by :func:`export_safetensors` from its metadata and weights."""
     from safetensors import safe_open
 
-    from .train.checkpoint import CheckpointError, describe_load_error
+    from .engine.checkpoint import describe_load_error
+    from .errors import CheckpointError
 
     try:
         with safe_open(path, framework="pt") as f:

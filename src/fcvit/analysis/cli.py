@@ -38,7 +38,7 @@ def _command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Nam
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         from ..data import BadImageError
-        from ..train.checkpoint import CheckpointError
+        from ..errors import CheckpointError
 
         try:
             fn(args)

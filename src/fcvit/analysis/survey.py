@@ -57,7 +57,8 @@ def dataset_statistics(
     Each batch's statistics (means over its images) are weighted by its size, so the result is the
     mean over images. Returns the layers as :func:`map_statistics` does and the number of images.
     """
-    from ..train.logger import Progress
+    from ..engine.logger import Progress
+    from ..runtime import adapt_threads
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     # a bar on a terminal, a few plain lines in a redirected log (no carriage-return frames)
@@ -74,6 +75,7 @@ def dataset_statistics(
                 total["statistics"][k] += n * layer["statistics"][k]
         count += n
         shown.update(n)
+        adapt_threads()
     shown.close()
     if totals is None:
         raise ValueError("the data set is empty")

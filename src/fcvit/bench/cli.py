@@ -10,7 +10,7 @@ from ..errors import non_negative_int, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_write_text
+    from ..engine.atomic import atomic_write_text
     from ..runtime import allocator
     from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
 

@@ -50,7 +50,7 @@ def normalization(
     import fcvit  # noqa: F401  (registers the models with timm)
 
     if checkpoint is not None and Path(checkpoint).suffix != ".safetensors":
-        from ..train.checkpoint import load_checkpoint
+        from ..engine.checkpoint import load_checkpoint
 
         data_config = load_checkpoint(checkpoint).get("data_config") or {}
         if "mean" in data_config and "std" in data_config:

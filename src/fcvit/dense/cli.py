@@ -107,7 +107,7 @@ def model_label(model: str, model_kwargs: dict[str, Any]) -> str:
 def _run_dir(args: argparse.Namespace, cfg) -> Path:
     """The resumed run's directory, else a new ``--output/--experiment`` (default ``TASK-MODEL-TIMESTAMP-XXXXXX``,
     chosen on rank 0) that holds no run yet; leftovers of saves a kill interrupted are removed."""
-    from ..rundir import clean_orphans, new_run_dir
+    from ..engine.rundir import clean_orphans, new_run_dir
 
     if args.resume:
         if args.experiment:
@@ -121,7 +121,7 @@ def _run_dir(args: argparse.Namespace, cfg) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train.distributed import init_distributed, peer_failures
+    from ..engine.distributed import init_distributed, peer_failures
     from .engine import LAST, load_trained, train
 
     info = init_distributed(args.device)
@@ -159,7 +159,7 @@ def _load(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..train.distributed import cleanup_distributed, is_main_process
+    from ..engine.distributed import cleanup_distributed, is_main_process
     from .engine import evaluate_split
 
     task, model = _load(args)
@@ -174,7 +174,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..train.distributed import init_distributed
+    from ..engine.distributed import init_distributed
     from .data import list_images
 
     task, model = _load(args)

@@ -8,7 +8,7 @@ object (:class:`~fcvit.dense.detection.DetectionTask`, :class:`~fcvit.dense.segm
 Run directory, as ``fcvit train``'s: ``config.yaml`` (``--config`` reproduces the run),
 ``checkpoint-last.pth`` (every round; ``resume`` continues from it), ``checkpoint-best.pth``
 (best ``task.main_metric``), ``metrics.csv`` (one row per round, round 0 = before training when
-``eval_before``), TensorBoard ``tb/``, ``curves.png`` and ``summary.json`` (:class:`fcvit.train.logger.RunLogger`).
+``eval_before``), TensorBoard ``tb/``, ``curves.png`` and ``summary.json`` (:class:`fcvit.engine.logger.RunLogger`).
 Under torchrun every process takes ``batch_size / world_size`` images per step.
 """
 
@@ -27,16 +27,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from ..accel import command_backend, optimize
-from ..train.checkpoint import load_checkpoint, save_checkpoint
-from ..train.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    broadcast_buffers,
-    cleanup_distributed,
-    init_distributed,
-)
-from ..train.logger import Progress, RunLogger
-from ..train.utils import NonFiniteLossError, seed_everything
+from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
+from ..engine.logger import Progress, RunLogger
+from ..engine.rng import seed_everything
+from ..errors import NonFiniteLossError
+from ..runtime import adapt_threads
 
 __all__ = ["BEST", "LAST", "DenseTask", "eval_loader", "evaluate_split", "load_trained", "save_config", "train"]
 
@@ -254,6 +250,7 @@ def _train_round(run: DenseRun, round_: int, batches: Iterator[Any], log_interva
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, images = loss_sum + loss.item() * n, images + n
         progress.update(n * info.world_size, loss=loss.item(), lr=lr)
+        adapt_threads()  # re-fit torch's thread team to the cores other processes leave free (fcvit.runtime)
         if run.step % log_interval == 0:
             run.logger.log_scalars(run.step, dict(loss=loss.item(), lr=lr), prefix="train/")
     progress.close()

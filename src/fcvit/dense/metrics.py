@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..train.distributed import gather_objects, is_distributed
+from ..engine.distributed import gather_objects, is_distributed
 
 __all__ = ["ConfusionMatrix", "coco_evaluate", "detections_to_coco", "gather_lists"]
 

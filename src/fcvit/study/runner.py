@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from ..atomic import atomic_write, atomic_write_text
-from ..train.logger import format_duration
+from ..engine.atomic import atomic_write, atomic_write_text
+from ..engine.logger import format_duration
 from .study import Study, StudyError
 
 __all__ = ["EXECUTORS", "Run", "plan_runs", "run_study"]
@@ -107,7 +107,7 @@ def _call(main, argv: list[str]) -> None:
 
 def _export_distributed_environment() -> int:
     """Under a multi-task submitit job, export torchrun's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``
-    ...) for :func:`fcvit.train.distributed.init_distributed`; returns this task's global rank."""
+    ...) for :func:`fcvit.engine.distributed.init_distributed`; returns this task's global rank."""
     import submitit
 
     try:

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset, Subset
 from ..data import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST, ImageFolderDataset
 from ..data.loaders import DatasetLoader, TensorLoader
 from ..data.transforms import channel_stats, create_eval_transform, create_train_transform, image_mode
+from ..engine.checkpoint import read_weights
 from .config import FASHION_MNIST, TrainConfig
-from .utils import read_weights
 
 __all__ = [
     "TrainedModel",

@@ -14,7 +14,7 @@ from ..errors import non_negative_int, positive_int
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from ..engine.checkpoint import load_checkpoint
     from .config import config_from_args
     from .train import train
 
@@ -26,9 +26,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..engine.distributed import pick_device
     from .build import create_eval_loader, open_dataset
-    from .distributed import pick_device
-    from .utils import evaluate
+    from .evaluate import evaluate
 
     model, data_config, class_names = _load_model(args)
     if args.img_size:

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from ..atomic import atomic_write_text
-from .distributed import DEFAULT_TIMEOUT_S
+from ..engine.atomic import atomic_write_text
+from ..engine.distributed import DEFAULT_TIMEOUT_S
 
 __all__ = [
     "TrainConfig",

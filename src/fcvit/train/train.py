@@ -35,13 +35,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accel import command_backend, optimize
-from ..models.complexity import count_params
-from ..rundir import clean_orphans, new_run_dir
-from .build import create_loaders, create_model, is_fashion_mnist, open_dataset, resolve_data_config
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, save_config
-from .distill import DISTILL_KINDS, DistillationLoss, load_teacher
-from .distributed import (
+from ..engine.checkpoint import load_checkpoint, read_weights, save_checkpoint
+from ..engine.distributed import (
     DistInfo,
     all_reduce_sum,
     broadcast_buffers,
@@ -50,9 +45,17 @@ from .distributed import (
     init_distributed,
     peer_failures,
 )
-from .logger import Progress, RunLogger, format_duration
+from ..engine.logger import Progress, RunLogger, format_duration
+from ..engine.rng import get_rng_state, seed_everything, set_rng_state
+from ..engine.rundir import clean_orphans, new_run_dir
+from ..errors import NonFiniteLossError
+from ..models.complexity import count_params
+from ..runtime import adapt_threads
+from .build import create_loaders, create_model, is_fashion_mnist, open_dataset, resolve_data_config
+from .config import TrainConfig, save_config
+from .distill import DISTILL_KINDS, DistillationLoss, load_teacher
+from .evaluate import evaluate
 from .resume import check_resume_config, restore_optimizer
-from .utils import NonFiniteLossError, evaluate, get_rng_state, read_weights, seed_everything, set_rng_state
 
 __all__ = ["train"]
 
@@ -387,6 +390,7 @@ def train_one_epoch(run: Run, state: State, epoch: int, t0: float) -> None:
         state.epoch_sums["train_s"] += time.perf_counter() - t_step
         t_step = time.perf_counter()
         progress.update(len(targets) * world, loss=loss_value, lr=lr)
+        adapt_threads()  # re-fit torch's thread team to the cores other processes leave free (fcvit.runtime)
         if state.step % cfg.log_interval == 0:
             run.logger.log_scalars(state.step, {"train/loss": loss_value, "train/lr": lr})
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and batch + 1 < len(run.train_loader):

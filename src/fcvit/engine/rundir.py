@@ -12,7 +12,7 @@ import secrets
 import time
 from pathlib import Path
 
-from .train.distributed import broadcast_object, is_main_process
+from .distributed import broadcast_object, is_main_process
 
 __all__ = ["RUN_FILES", "clean_orphans", "new_run_dir"]
 
@@ -41,7 +41,7 @@ def new_run_dir(output: str, experiment: str, stem: str) -> Path:
 def clean_orphans(run_dir: Path) -> list[Path]:
     """Remove the temporary files of checkpoint saves that a kill interrupted (``.checkpoint-*``); rank 0 only.
 
-    :func:`fcvit.atomic.atomic_write` writes ``.NAME.RANDOM.pth`` beside ``NAME`` and renames it into place; a
+    :func:`fcvit.engine.atomic.atomic_write` writes ``.NAME.RANDOM.pth`` beside ``NAME`` and renames it into place; a
     process killed in between leaves that file behind. Call when a run starts or resumes in ``run_dir``, before
     its first save (no save of this run can be under way).
     """

@@ -20,8 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write, atomic_write_text
-from ..runtime import adapt_threads
+from .atomic import atomic_write, atomic_write_text
 
 __all__ = ["Progress", "RunLogger", "format_duration", "plot_curves", "remaining_time"]
 
@@ -209,9 +208,7 @@ class Progress:
         return self.images / max(time.perf_counter() - self.start, 1e-9)
 
     def update(self, images: int, **stats: Any) -> None:
-        """One step of ``images``. Every loop of the commands passes here once per step, which makes it the place
-        where the thread team is re-fitted to the cores other processes leave free (:mod:`fcvit.runtime`)."""
-        adapt_threads()
+        """One step of ``images``."""
         self.step += 1
         self.images += images
         if not self.enabled:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import RankLostError
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistInfo",
@@ -51,10 +53,6 @@ DEFAULT_TIMEOUT_S = 300.0
 
 # gloo's messages for a peer that stopped answering (timeout) or went away (connection closed/reset)
 _PEER_FAILURE = re.compile(r"Timed out waiting|Connection closed by peer|Connection reset by peer|Broken pipe")
-
-
-class RankLostError(RuntimeError):
-    """Another rank stopped answering in a collective (hung past ``--dist-timeout``, or gone)."""
 
 
 @dataclass(frozen=True)
