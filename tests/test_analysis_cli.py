@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fcvit.analysis import create_model
 from fcvit.analysis.inputs import demo_images
 from fcvit.cli import main
+from fcvit.hub import create
 
 VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "{depth: 2, embed_dim: 64, num_heads: 2}"]
 FCVIT = ["--model", "fcvit_tiny", "--model-kwargs", "{depths: [1, 1, 1, 1], dims: [16, 32, 32, 64]}"]
@@ -37,7 +37,7 @@ def vit_checkpoints(tmp_path_factory) -> list[str]:
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        model = create_model("vit_tiny_patch16_224", model_kwargs=dict(depth=2, embed_dim=64, num_heads=2), img_size=32)
+        model = create("vit_tiny_patch16_224", img_size=32, depth=2, embed_dim=64, num_heads=2)
         paths.append(str(root / f"seed{seed}.pth"))
         torch.save(model.state_dict(), paths[-1])
     return paths

@@ -11,7 +11,7 @@ from fcvit.analysis import (
     MapProbe,
     attention_layer_names,
     attention_stats,
-    create_model,
+    disable_fused_attention,
     drop_prefix_tokens,
     fcvit_blocks,
     map_statistics,
@@ -21,6 +21,14 @@ from fcvit.analysis import (
     token_grid,
 )
 from fcvit.analysis.maps import attention_layout
+from fcvit.hub import create
+
+
+def create_model(name: str, model_kwargs: dict | None = None, img_size: int | None = None):
+    """The model as the analyses see it: eval mode, fused attention off (its weights visible to the hooks)."""
+    model = create(name, img_size=img_size, **(model_kwargs or {})).eval()
+    disable_fused_attention(model)
+    return model
 
 TINY_VIT = dict(depth=2, embed_dim=64, num_heads=2)
 TINY_FCVIT = dict(depths=(1, 1, 1, 1), dims=(16, 32, 32, 64))

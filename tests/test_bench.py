@@ -9,7 +9,7 @@ import pytest
 
 from fcvit.accel import is_optimized
 from fcvit.bench.memory import peak_rss_mb_in_subprocess
-from fcvit.bench.speed import BenchConfig, backend_of, build_workload, create_model, run_benchmark
+from fcvit.bench.speed import BenchConfig, backend_of, build_workload, model_of_spec, run_benchmark
 from fcvit.bench.timing import interleaved_times, round_ratios, summarize
 from fcvit.cli import main
 
@@ -78,7 +78,7 @@ def test_variants_choose_the_backend():
     """A plain name runs optimised (``--no-optimize``: plain), ``NAME:plain`` plain, ``NAME:triton`` with the Triton
     depth-wise convs; the built model is plain in every case (the workload applies the backend)."""
     cfg = BenchConfig(img_size=32, batch_size=1, memory=False)
-    assert not is_optimized(create_model("fcvit_tiny", 32))
+    assert not is_optimized(model_of_spec("fcvit_tiny", 32))
     assert [backend_of(s, cfg) for s in ("fcvit_tiny", "fcvit_tiny:plain", "fcvit_tiny:triton")] == [
         "auto",
         None,

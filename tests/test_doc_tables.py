@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from fcvit.bench.summary import format_markdown, model_table
 from fcvit.cli import build_parser
 from fcvit.models import list_models
 from fcvit.models._registry import paper_variants
-from fcvit.models.summary import format_markdown, model_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BLOCK = re.compile(r"<!-- generated: (fcvit models [^>]*?) -->\n(.*?)<!-- end generated -->", re.S)

@@ -297,8 +297,8 @@ def test_activations_of_a_deit_block_by_hand():
 
 def test_models_table_has_activations_and_paper_rows(monkeypatch):
     """``fcvit models``: measured activations beside the paper's, and a row per paper row of other arguments."""
+    from fcvit.bench.summary import format_markdown, model_table
     from fcvit.models import _registry
-    from fcvit.models.summary import format_markdown, model_table
 
     monkeypatch.setitem(_registry._PAPER_FIGURES, "test_deit_dwattn", dict(params_m=0.06, gmacs=0.1, macts=0.2))
     monkeypatch.setitem(_registry._PAPER_VARIANTS, "test_deit_dwattn", [(dict(pos_embed="abs"), dict(macts=0.3))])

@@ -18,10 +18,10 @@ from train_utils import TINY_KWARGS, make_fashion_root
 import fcvit.train.train as train_module
 from fcvit.cli import main
 from fcvit.engine.checkpoint import load_checkpoint
+from fcvit.hub import load
 from fcvit.study import StudyError, load_study
 from fcvit.study.report import compare, copy_attention_grids, mean_std, report_study
 from fcvit.study.runner import ExecutorOptions, plan_runs, run_study
-from fcvit.train.build import load_trained_model
 from fcvit.train.distill import DistillationLoss
 
 needs_submitit = pytest.mark.skipif(
@@ -216,7 +216,7 @@ def test_distillation_token_loss_and_averaged_heads(fm_root, tmp_path):
     assert main([*args, "--distill", "hard", "--experiment", "student", "--epochs", "2", "--resume", last]) == 0
     assert load_checkpoint(last)["epoch"] == 2
 
-    student = load_trained_model(None, last).model
+    student = load(last).model
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         tokens = student.forward_features(x)

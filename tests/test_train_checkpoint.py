@@ -11,9 +11,10 @@ import yaml
 from train_utils import REPO, TINY_KWARGS
 
 from fcvit.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcvit.engine.config import save_config
 from fcvit.engine.rng import get_rng_state, set_rng_state
 from fcvit.errors import CheckpointError
-from fcvit.train.config import TrainConfig, add_config_arguments, config_from_args, load_config, save_config
+from fcvit.train.config import TrainConfig, add_config_arguments, config_from_args, load_config
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -81,7 +82,7 @@ def test_config_layers_and_yaml_round_trip(tmp_path):
     (tmp_path / "bad.yaml").write_text("epoch: 3\n")
     with pytest.raises(ValueError, match="unknown config key 'epoch'"):
         load_config(tmp_path / "bad.yaml")
-    with pytest.raises(ValueError, match="model_ema"):
+    with pytest.raises(ValueError, match="--model-ema .command line.: bad value .yes."):
         load_config(overrides={"model_ema": "yes"})
 
 

@@ -1,12 +1,17 @@
-"""How the commands report what went wrong: expected failures are one line on stderr and exit code 1.
+"""How the commands report what went wrong: a user's mistake or an expected failure is one line on stderr and
+exit code 1, in every command and whether it is caught by argparse (a bad flag value) or later (a bad file).
 
-Argument checks (:func:`positive_int` ...) and :class:`OneLineParser` keep command-line mistakes to one line
-too (exit code 2, as argparse).
+Argument checks (:func:`positive_int` ...) and :class:`OneLineParser` keep command-line mistakes to one line.
+This module imports nothing from the rest of the package: every layer may raise its exceptions.
 """
 
 import argparse
 import os
+import re
 import sys
+
+USER_ERROR = 1  # the exit code of every user mistake and expected failure
+MODEL_KWARGS_HELP = "extra timm.create_model arguments: JSON or a YAML mapping, e.g. '{depths: [1, 1, 1, 1]}'"
 
 
 class CheckpointError(RuntimeError):
@@ -31,7 +36,7 @@ def report_error(command: str, e: BaseException) -> int:
     rank = os.environ.get("RANK")
     where = f" [rank {rank}]" if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
     print(f"fcvit {command}{where}: error: {e}", file=sys.stderr, flush=True)
-    return 1
+    return USER_ERROR
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -39,7 +44,7 @@ class OneLineParser(argparse.ArgumentParser):
     whole usage (which for ``fcvit train`` is a page of flags)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -60,3 +65,37 @@ def _int_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"must be {'positive' if low == 1 else 'at least ' + str(low)}, got {value}")
     return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (tolerances, thresholds)."""
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (probabilities, score thresholds)."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text!r}")
+    return value
+
+
+def device_argument(text: str) -> str:
+    """argparse type: 'auto', 'cpu', 'cuda' or 'cuda:N' (whether it exists is checked when it is used)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return text

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .train.build import TrainedModel
+    from .hub import LoadedModel
 
 from .engine.atomic import atomic_write
 from .errors import positive_int
@@ -42,24 +42,14 @@ def load_model(
 
 def load_model_and_config(
     name: str | None, checkpoint: str | None = None, num_classes: int | None = None, in_chans: int | None = None
-) -> TrainedModel:
-    """:class:`~fcvit.train.build.TrainedModel` of ``checkpoint`` (``in_chans``, classes, image size, mean/std and
-    class names from the file, see :func:`~fcvit.train.build.load_trained_model`), or of a new model ``name``."""
-    from timm.data import resolve_model_data_config
+) -> LoadedModel:
+    """The :class:`~fcvit.hub.LoadedModel` of ``checkpoint`` (its record gives the model, classes, input size,
+    mean/std and class names), or of a new model ``name``."""
+    from .hub import load
 
-    import fcvit  # noqa: F401  (registers this project's models with timm)
-    from fcvit.train.build import TrainedModel, create_model, load_trained_model
-
-    if checkpoint:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-        return load_trained_model(name, checkpoint, num_classes=num_classes, in_chans=in_chans)
-    if not name:
+    if not (name or checkpoint):
         raise ValueError("give --model, --checkpoint or both")
-    kwargs = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None}
-    model = create_model(name, **kwargs).eval()
-    data_config = resolve_model_data_config(model)
-    return TrainedModel(model, data_config, [], name, {})
+    return load(checkpoint or name, model=name if checkpoint else None, num_classes=num_classes, in_chans=in_chans)
 
 
 def _example(model: nn.Module, img_size: int, batch: int = 2, in_chans: int | None = None) -> torch.Tensor:

@@ -253,3 +253,18 @@ def tune_cpu_allocator() -> bool:
 def allocator() -> str:
     """How this process's CPU allocator is set: ``"default"`` or the tuning applied."""
     return _state["allocator"]
+
+
+def available_memory(device: str = "cpu", meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes a new allocation can still take on ``device``: the kernel's ``MemAvailable`` for the CPU (None where
+    ``/proc/meminfo`` cannot be read), the free memory CUDA reports for a GPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open(meminfo) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None

@@ -8,7 +8,7 @@
 from .maps import (
     MapProbe,
     attention_layer_names,
-    create_model,
+    disable_fused_attention,
     fcvit_blocks,
     input_config,
     similarity_rows,
@@ -24,7 +24,7 @@ __all__ = [
     "MapProbe",
     "attention_layer_names",
     "attention_stats",
-    "create_model",
+    "disable_fused_attention",
     "dataset_statistics",
     "drop_prefix_tokens",
     "fcvit_blocks",

@@ -9,16 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from ..accel import NO_OPTIMIZE_HELP, command_backend, optimize
-from ..errors import non_negative_int, positive_int
+from ..accel import NO_OPTIMIZE_HELP, command_backend
+from ..engine.config import mapping_argument
+from ..errors import MODEL_KWARGS_HELP, device_argument, non_negative_int, positive_int
 
 ATTENTION_BLOCKS = (
     "block K is the K-th attention layer (module matching '*attn_drop') in forward order, 0-based, "
@@ -32,34 +31,7 @@ PREFIX_NOTE = "dropped from queries and keys before the statistics and figures; 
 DEFAULT_POINTS = "0.25,0.25;0.25,0.75;0.5,0.5;0.75,0.5"
 
 
-def _command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
-    """Run ``fn``; a bad input (file, tensor, model) ends with its message and exit code 2, no traceback."""
-
-    @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
-        from ..data import BadImageError
-        from ..errors import CheckpointError
-
-        try:
-            fn(args)
-        except (ValueError, OSError, BadImageError, CheckpointError) as e:
-            print(f"fcvit analyze {args.analysis}: error: {e}", file=sys.stderr)
-            return 2
-        return 0
-
-    return run
-
-
 # --- argument parsing -----------------------------------------------------------------------------
-
-
-def _mapping(text: str) -> dict[str, Any]:
-    import yaml
-
-    value = yaml.safe_load(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{depth: 2, embed_dim: 64}}', got {text!r}")
-    return value
 
 
 def _points(text: str) -> list[tuple[float, float]]:
@@ -83,14 +55,12 @@ def _ints(text: str) -> list[int]:
 
 
 def _add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
-    p.add_argument("--model", required=True, help="timm model name (vit_*, deit_*, fcvit_*, ...)")
+    p.add_argument("--model", help="timm model name (vit_*, deit_*, fcvit_*, ...) [default: the checkpoint's]")
     if checkpoint:
         p.add_argument("--checkpoint", help="weights to load (default: random initialisation)")
-    p.add_argument(
-        "--model-kwargs", type=_mapping, default={}, help="YAML mapping of create_model kwargs, e.g. '{depth: 2}'"
-    )
+    p.add_argument("--model-kwargs", type=mapping_argument, default={}, metavar="MAPPING", help=MODEL_KWARGS_HELP)
     p.add_argument("--img-size", type=positive_int, help="square input size (default: the model's)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", type=device_argument, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (reproducible maps)")
     p.add_argument("--no-optimize", action="store_true", help=NO_OPTIMIZE_HELP)
     p.add_argument("--output", required=True, help="folder for the PNG and JSON files")
@@ -127,20 +97,32 @@ def _weights_short(checkpoint: str | None) -> str:
     return f"weights {os.path.basename(checkpoint)}" if checkpoint else "random weights"
 
 
-def _load(name: str, checkpoint: str | None, kwargs: dict, args: argparse.Namespace):
-    """The model on the device and its eval data config."""
+def _load(name: str | None, checkpoint: str | None, kwargs: dict, args: argparse.Namespace):
+    """The model on the device with fused attention off (its weights visible to the hooks), its eval data config
+    and its name (the checkpoint's record names it when ``name`` is None)."""
     import torch
 
-    from .maps import create_model, input_config
+    from ..hub import load
+    from .maps import disable_fused_attention, input_config
 
+    if not (name or checkpoint):
+        raise ValueError("name the model (--model) or give a checkpoint that records it (--checkpoint)")
     torch.manual_seed(args.seed)
-    model = create_model(name, checkpoint, kwargs, args.img_size)
-    cfg = input_config(model, args.img_size)
-    model.to(_device(args))
-    optimize(model, command_backend(not args.no_optimize))
+    loaded = load(
+        checkpoint or name,
+        model=name if checkpoint else None,
+        model_kwargs=kwargs,
+        img_size=args.img_size,
+        optimize=command_backend(not args.no_optimize),
+    )
+    for line in loaded.overrides:
+        print(f"note: {line}", file=sys.stderr)
+    disable_fused_attention(loaded.model)
+    cfg = input_config(loaded.model, args.img_size)
+    loaded.model.to(_device(args))
     if not checkpoint:
-        print(f"note: {name} has random weights (no checkpoint given)", file=sys.stderr)
-    return model, cfg
+        print(f"note: {loaded.name} has random weights (no checkpoint given)", file=sys.stderr)
+    return loaded.model, cfg, loaded.name
 
 
 def _batch(images: list, cfg: dict, device: str):
@@ -206,7 +188,6 @@ def _markdown_table(layers: list[dict], series: dict[str, list[dict]]) -> str:
 # --- commands -------------------------------------------------------------------------------------
 
 
-@_command
 def run_attention(args: argparse.Namespace) -> None:
     from .inputs import gather_images
     from .maps import MapProbe, attention_layer_names, attention_layout
@@ -215,7 +196,7 @@ def run_attention(args: argparse.Namespace) -> None:
     from .survey import statistics_or_reason
 
     images = gather_images(args.images, args.demo)
-    model, cfg = _load(args.model, args.checkpoint, args.model_kwargs, args)
+    model, cfg, args.model = _load(args.model, args.checkpoint, args.model_kwargs, args)
     names = attention_layer_names(model)
     if not names:
         raise ValueError(
@@ -278,7 +259,6 @@ def run_attention(args: argparse.Namespace) -> None:
     print(f"wrote {len(images) if layout else 0} figure(s) and attention.json to {args.output}")
 
 
-@_command
 def run_similarity(args: argparse.Namespace) -> None:
     import torch
 
@@ -297,7 +277,7 @@ def run_similarity(args: argparse.Namespace) -> None:
     from .survey import statistics_or_reason
 
     images = gather_images(args.images, args.demo)
-    model, cfg = _load(args.model, args.checkpoint, args.model_kwargs, args)
+    model, cfg, args.model = _load(args.model, args.checkpoint, args.model_kwargs, args)
     site = similarity_site(model, args.block, args.round)
     x, shown = _batch(images, cfg, _device(args))
     s = MapProbe(model, attention=[], sites=[site])(x)[site.name].float().cpu()
@@ -320,7 +300,7 @@ def run_similarity(args: argparse.Namespace) -> None:
     )
     vit = None
     if args.compare:
-        vit_model, vit_cfg = _load(args.compare, args.compare_checkpoint, args.compare_kwargs, args)
+        vit_model, vit_cfg, _ = _load(args.compare, args.compare_checkpoint, args.compare_kwargs, args)
         vit_names = attention_layer_names(vit_model)
         if not vit_names:
             raise ValueError(f"--compare {args.compare} has no attention layers (no module matching '*attn_drop')")
@@ -383,12 +363,11 @@ def _dataset_record(command: str, args: argparse.Namespace, model, count: int, l
     return record
 
 
-@_command
 def run_stats(args: argparse.Namespace) -> None:
     from .inputs import build_dataset
     from .plots import depth_figure
 
-    model, cfg = _load(args.model, args.checkpoint, args.model_kwargs, args)
+    model, cfg, args.model = _load(args.model, args.checkpoint, args.model_kwargs, args)
     dataset = build_dataset(args.data, cfg, args.limit, args.data_dir)
     layers, count = _dataset_layers(model, dataset, args)
     os.makedirs(args.output, exist_ok=True)
@@ -402,7 +381,6 @@ def run_stats(args: argparse.Namespace) -> None:
     print(f"wrote stats.json and stats.png to {args.output}")
 
 
-@_command
 def run_compare(args: argparse.Namespace) -> None:
     from .inputs import build_dataset
     from .plots import depth_figure
@@ -413,7 +391,7 @@ def run_compare(args: argparse.Namespace) -> None:
     series: dict[str, list[dict]] = {}
     dataset = layers = None
     for label, checkpoint in zip(labels, args.checkpoints):
-        model, cfg = _load(args.model, checkpoint, args.model_kwargs, args)
+        model, cfg, args.model = _load(args.model, checkpoint, args.model_kwargs, args)
         if dataset is None:
             dataset = build_dataset(args.data, cfg, args.limit, args.data_dir)
         layers, count = _dataset_layers(model, dataset, args)
@@ -465,7 +443,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--round", type=int, default=-1, help="mixing round of the block (default: last)")
     m.add_argument("--compare", metavar="VIT_MODEL", help="draw this ViT's per-head attention of its last block below")
     m.add_argument("--compare-checkpoint", help="weights of the --compare model")
-    m.add_argument("--compare-kwargs", type=_mapping, default={}, help="YAML create_model kwargs of --compare")
+    m.add_argument(
+        "--compare-kwargs",
+        type=mapping_argument,
+        default={},
+        metavar="MAPPING",
+        help="create_model kwargs of --compare",
+    )
     m.add_argument("--point", type=lambda t: _points(t)[0], default=(0.5, 0.5), help="fixed ViT query point 'y,x'")
     m.set_defaults(func=run_similarity)
 

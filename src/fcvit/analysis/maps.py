@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -42,36 +40,6 @@ def disable_fused_attention(model: nn.Module) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
-
-
-def create_model(
-    name: str,
-    checkpoint: str | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    img_size: int | None = None,
-) -> nn.Module:
-    """A timm model in eval mode with fused attention off, random unless ``checkpoint`` is given.
-
-    A checkpoint's input channels, classes and preprocessing (its ``pretrained_cfg``, which :func:`input_config`
-    reads) come from the file (:func:`fcvit.train.build.load_trained_model`). ``img_size`` is passed to timm's
-    (position-embedded) models at creation; this project's models are fully convolutional and take any size,
-    so they do not get it.
-    """
-    from ..models import list_models
-
-    kwargs = dict(model_kwargs or {})
-    if img_size and name.split(".")[0] not in list_models():
-        kwargs.setdefault("img_size", img_size)
-    if checkpoint and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    if checkpoint:
-        from ..train.build import load_trained_model
-
-        model = load_trained_model(name, checkpoint, model_kwargs=kwargs).model
-    else:
-        model = timm.create_model(name, **kwargs)
-    disable_fused_attention(model)
-    return model.eval()
 
 
 def input_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..accel import command_backend, is_optimized, optimize
+from ..hub import create
 from ..models.complexity import count_gmacs, count_params
 from ..runtime import allocator, set_threads, tune_cpu_allocator
 from .memory import peak_rss_mb_in_subprocess, reset_peak_rss, rss_mb
@@ -79,19 +80,15 @@ class BenchConfig:
             raise ValueError("--onnx measures onnxruntime on CPU in fp32: use --device cpu --dtype fp32")
 
 
-def create_model(spec: str, img_size: int) -> nn.Module:
-    """Build ``spec``, a timm model name with an optional ``:plain`` or ``:triton`` suffix (:data:`VARIANTS`), as
-    the plain model in eval mode (the ONNX export and the GMAC count take it as it is)."""
+def model_of_spec(spec: str, img_size: int) -> nn.Module:
+    """The plain model in eval mode of ``spec``, a model name with an optional ``:plain`` or ``:triton`` suffix
+    (:data:`VARIANTS`; the ONNX export and the GMAC count take the plain model as it is), built by the front door
+    (:func:`fcvit.hub.create`)."""
     name, colon, variant = spec.partition(":")
     suffix = colon + variant
     if suffix and suffix not in VARIANTS:
         raise ValueError(f"benchmark spec {spec!r}: unknown variant {variant!r} ({' or '.join(VARIANTS)})")
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r} in benchmark spec {spec!r} (not registered with timm)")
-    pretrained_cfg = timm.models.get_pretrained_cfg(name)
-    # ViT-style models are built for one input size; convolutional ones take any.
-    kwargs = {"img_size": img_size} if pretrained_cfg and pretrained_cfg.fixed_input_size else {}
-    model = timm.create_model(name, **kwargs)
+    model = create(name, img_size=img_size)
     if suffix and not is_optimized(optimize(model, "cpu")):
         raise ValueError(f"{spec!r}: fcvit.optimize changes nothing in {name} (not an FCViT-frame model)")
     return optimize(model, None).eval()
@@ -123,7 +120,7 @@ def _autocast(cfg: BenchConfig):
 
 def build_workload(spec: str, cfg: BenchConfig, modes: tuple[str, ...] | None = None) -> Workload:
     """Model, input batch and one step function per mode: inference forward, or forward + backward + AdamW step."""
-    model = create_model(spec, cfg.img_size)
+    model = model_of_spec(spec, cfg.img_size)
     size = (3, cfg.img_size, cfg.img_size)
     work = Workload(spec, count_params(model) / 1e6, count_gmacs(model, size))
     optimize(model, backend_of(spec, cfg))
@@ -240,7 +237,7 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.onnx:
             for s in specs:
-                steps[(s, "onnx")] = onnx_step(create_model(s, cfg.img_size), cfg, tmp)
+                steps[(s, "onnx")] = onnx_step(model_of_spec(s, cfg.img_size), cfg, tmp)
         sync = (lambda: torch.cuda.synchronize(cfg.device)) if cfg.device.startswith("cuda") else None
         times = interleaved_times(steps, rounds=cfg.rounds, warmup=cfg.warmup, steps=cfg.steps, sync=sync)
     with contextlib.suppress(OSError):

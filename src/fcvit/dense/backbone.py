@@ -21,6 +21,9 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..engine.checkpoint import read_weights
+from ..hub import create
+
 __all__ = ["FCViTFPN", "create_feature_backbone", "normalization"]
 
 
@@ -31,15 +34,13 @@ def create_feature_backbone(
 
     ``model_kwargs`` go to the model constructor (e.g. ``depths``/``dims`` for a small custom FCViT).
     """
-    import fcvit  # noqa: F401  (registers the models with timm)
-
     model_kwargs.setdefault("layer_scale_init_value", 1e-6)
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
         model_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    return timm.create_model(model_name, features_only=True, **model_kwargs)
+    return create(model_name, features_only=True, **model_kwargs)
 
 
 def normalization(
@@ -47,12 +48,8 @@ def normalization(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone was pretrained with: the ``data_config`` that ``fcvit train`` checkpoints
     record (e.g. Fashion-MNIST's), else ``model_name``'s timm pretrained config (ImageNet's for FCViT)."""
-    import fcvit  # noqa: F401  (registers the models with timm)
-
-    if checkpoint is not None and Path(checkpoint).suffix != ".safetensors":
-        from ..engine.checkpoint import load_checkpoint
-
-        data_config = load_checkpoint(checkpoint).get("data_config") or {}
+    if checkpoint is not None:
+        data_config = read_weights(checkpoint)[1].get("data_config") or {}
         if "mean" in data_config and "std" in data_config:
             mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
             return (mean * 3, std * 3) if len(mean) == 1 else (mean, std)  # grey statistics for RGB input

@@ -13,12 +13,11 @@ import argparse
 import dataclasses
 import json
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from ..errors import positive_int
+from ..engine.config import COMMAND_LINE, add_arguments, build, read_yaml_mapping
+from ..errors import device_argument, fraction, non_negative_int, positive_int
 from .config import PRESETS, CanvasConfig, DetConfig, SegConfig
 
 TASKS = {"det": DetConfig, "seg": SegConfig}
@@ -26,62 +25,23 @@ TASK_HELP = {"det": "Mask R-CNN detection / instance segmentation", "seg": "Sema
 METRICS_HELP = {"det": "COCO box and mask AP, AP50, AP75", "seg": "mIoU, pixel accuracy"}
 
 
-def _unoptional(hint: Any) -> Any:
-    """``X | None`` -> ``X``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-def _flag_spec(hint: Any) -> dict[str, Any]:
-    """argparse keywords for a config field's type hint (``X | None`` as ``X``)."""
-    hint = _unoptional(hint)
-    args = typing.get_args(hint)
-    if hint is bool:
-        return dict(action=argparse.BooleanOptionalAction)
-    if typing.get_origin(hint) is tuple:
-        return dict(nargs="+", type=args[0])
-    if typing.get_origin(hint) is dict:
-        return dict(type=json.loads, metavar="JSON")
-    return dict(type=hint)
-
-
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "recipe (defaults: the paper's)") -> None:
-    """One ``--field-name`` flag per field of the dataclass ``cls``; absent flags stay absent (SUPPRESS)."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        group.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=argparse.SUPPRESS,
-            help=f"default: {default}",
-            **_flag_spec(hints[f.name]),
-        )
+    """One ``--field-name`` flag per field of the dataclass ``cls``, in a titled group (:mod:`fcvit.engine.config`)."""
+    add_arguments(parser.add_argument_group(title), cls)
 
 
 def build_config(task: str, args: argparse.Namespace, base: dict[str, Any] | None = None):
-    """The task's config: ``base`` (a resumed run's) or defaults + ``--preset`` + ``--config`` YAML; then flags."""
+    """The task's config: ``base`` (a resumed run's) or defaults + ``--preset`` + ``--config`` YAML; then flags,
+    every value checked against its declaration."""
     cls = TASKS[task]
     names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = dict(base or {})
+    layers: list[tuple[str, dict[str, Any] | None]] = [("resumed run's config", base)]
     if base is None and args.preset:
-        values.update(PRESETS[task][args.preset])
+        layers.append((f"--preset {args.preset}", PRESETS[task][args.preset]))
     if base is None and args.config:
-        from ..train.config import read_yaml_mapping
-
-        loaded = read_yaml_mapping(args.config)
-        unknown = set(loaded) - names
-        if unknown:
-            raise ValueError(f"{args.config}: unknown {task} config keys {sorted(unknown)}; known: {sorted(names)}")
-        values.update(loaded)
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    hints = typing.get_type_hints(cls)
-    for k, v in values.items():  # JSON/YAML give lists where the config holds tuples
-        if isinstance(v, list) and typing.get_origin(_unoptional(hints[k])) is tuple:
-            values[k] = tuple(v)
-    return cls(**values)
+        layers.append((args.config, read_yaml_mapping(args.config)))
+    layers.append((COMMAND_LINE, {k: v for k, v in vars(args).items() if k in names}))
+    return build(cls, *layers)
 
 
 def _make_task(task: str, cfg):
@@ -188,14 +148,29 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_make_data(args: argparse.Namespace) -> int:
     from .data import make_dense_dataset
 
-    cfg = CanvasConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CanvasConfig) if f.name in args})
+    names = {f.name for f in dataclasses.fields(CanvasConfig)}
+    cfg = build(CanvasConfig, (COMMAND_LINE, {k: v for k, v in vars(args).items() if k in names}))
     summary = make_dense_dataset(args.out, args.num_train, args.num_val, cfg, args.seed, args.fashion_root, True)
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def _preset_text(values: dict[str, Any]) -> str:
+    """What a preset sets, for ``--help``: ``epochs=6, lr=0.001, ...``."""
+
+    def shown(v: Any) -> str:
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return ", ".join(f"{k}={shown(v)}" for k, v in values.items()).replace("%", "%%")
+
+
 def _common(p: argparse.ArgumentParser, task: str) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=device_argument,
+        help="auto (CUDA if available), cpu, cuda, cuda:1 [default: auto]",
+    )
     p.set_defaults(task=task)
 
 
@@ -204,9 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="dense_command", required=True, metavar="ACTION")
     m = sub.add_parser("make-data", help="write COCO-format instances and ADE20K-layout label maps")
     m.add_argument("out", help="output directory (gets coco/ and ade/)")
-    m.add_argument("--num-train", type=positive_int, default=200)
-    m.add_argument("--num-val", type=int, default=50)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--num-train", type=positive_int, default=200, help="training canvases [default: 200]")
+    m.add_argument("--num-val", type=positive_int, default=50, help="validation canvases [default: 50]")
+    m.add_argument("--seed", type=non_negative_int, default=0, help="random seed [default: 0]")
     m.add_argument("--fashion-root", default=None, help="Fashion-MNIST root (default: the system copy)")
     add_config_flags(m, CanvasConfig, "canvases")
     m.set_defaults(func=run_make_data)
@@ -223,10 +198,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="CHECKPOINT",
             help="continue from this checkpoint-last.pth (or run directory)",
         )
-        tr.add_argument("--preset", choices=sorted(PRESETS[task]), default=None, help="a small recipe (CPU demo)")
+        presets = "; ".join(f"{name}: {_preset_text(values)}" for name, values in PRESETS[task].items())
+        tr.add_argument("--preset", choices=sorted(PRESETS[task]), default=None, help=f"a small recipe ({presets})")
         tr.add_argument("--config", default=None, help="YAML file of recipe fields")
         tr.add_argument("--eval-before", action="store_true", help="evaluate once before training (row 0)")
-        tr.add_argument("--log-interval", type=positive_int, default=20)
+        tr.add_argument("--log-interval", type=positive_int, default=20, help="steps between log lines [default: 20]")
         _common(tr, task)
         add_config_flags(tr, cls)
         tr.set_defaults(func=run_train)
@@ -244,6 +220,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         pr.add_argument("images", nargs="+", help="image files or directories")
         pr.add_argument("--out", required=True, help="output directory for the PNGs")
         if task == "det":
-            pr.add_argument("--score-threshold", type=float, default=0.5)
+            pr.add_argument(
+                "--score-threshold",
+                type=fraction,
+                default=0.5,
+                help="draw detections scoring at least this [default: 0.5]",
+            )
         _common(pr, task)
         pr.set_defaults(func=run_predict)

@@ -1,12 +1,16 @@
 """Configs of the dense tasks as data: dataclasses whose defaults are the paper's recipes, and small presets.
 
-Kept free of torch imports so that ``fcvit --help`` stays fast (the CLI builds its flags from these).
+Each field declares its type, range and help once (:func:`fcvit.engine.config.option`); the commands' flags and
+the checks of every value come from there. Kept free of torch imports so that ``fcvit --help`` stays fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from ..engine.config import check_model_name, option
+from ..errors import MODEL_KWARGS_HELP
 
 __all__ = ["PRESETS", "CanvasConfig", "DetConfig", "SegConfig"]
 
@@ -15,82 +19,100 @@ __all__ = ["PRESETS", "CanvasConfig", "DetConfig", "SegConfig"]
 class CanvasConfig:
     """How canvases are drawn. Item sides are fractions of the canvas side."""
 
-    canvas_size: int = 128
-    min_objects: int = 1
-    max_objects: int = 4
-    min_scale: float = 0.25
-    max_scale: float = 0.5
-    min_visible: float = 0.5  # an item with less than this fraction of its pixels visible is left out
-    threshold: int = 24  # resized item pixels brighter than this (0..255) belong to the item
+    canvas_size: int = option(128, "canvas side, pixels", low=32)
+    min_objects: int = option(1, "fewest items per canvas", low=1)
+    max_objects: int = option(4, "most items per canvas", low=1)
+    min_scale: float = option(0.25, "smallest item side, as a fraction of the canvas side", above=0, high=1)
+    max_scale: float = option(0.5, "largest item side, as a fraction of the canvas side", above=0, high=1)
+    min_visible: float = option(
+        0.5, "an item with less than this fraction of its pixels visible is left out", above=0, high=1
+    )
+    threshold: int = option(24, "resized item pixels brighter than this (0..255) belong to the item", low=0, high=255)
 
     def check(self) -> None:
-        if self.canvas_size < 32:
-            raise ValueError(f"canvas_size must be at least 32 pixels, got {self.canvas_size}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
-        if not 0 < self.min_scale <= self.max_scale <= 1:
-            raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}")
-        if not 0 < self.min_visible <= 1:
-            raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"--min-objects {self.min_objects} exceeds --max-objects {self.max_objects}")
+        if self.min_scale > self.max_scale:
+            raise ValueError(f"--min-scale {self.min_scale} exceeds --max-scale {self.max_scale}")
+
+
+def _positive_sizes(sizes: tuple[int, ...]) -> None:
+    if not sizes:
+        raise ValueError("needs at least one size")
 
 
 @dataclass
 class DenseConfig:
     """What detection and segmentation runs share: data, backbone and its initialisation, run settings."""
 
-    data_dir: str = ""
-    model: str = "fcvit_b12"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None  # classification checkpoint initialising the backbone
-    mean: tuple[float, ...] | None = None  # input normalisation; None: the checkpoint's (fcvit train), else timm's
-    std: tuple[float, ...] | None = None
-    workers: int = 4
-    seed: int = 0
-    amp: bool = False  # bfloat16 autocast, CUDA only
-    optimize: bool = True  # fcvit.optimize's exact faster backbone modules (--no-optimize: the plain model)
-    grad_clip: float | None = None
+    data_dir: str = option("", "dataset root written by `fcvit dense make-data` (coco/ or ade/ layout)")
+    model: str = option("fcvit_b12", "backbone: a timm model name with features_only support", check=check_model_name)
+    model_kwargs: dict[str, Any] = option({}, MODEL_KWARGS_HELP)
+    checkpoint: str | None = option(None, "classification checkpoint initialising the backbone", auto="random init")
+    mean: tuple[float, ...] | None = option(None, "input normalisation mean", auto="the checkpoint's, else timm's")
+    std: tuple[float, ...] | None = option(
+        None, "input normalisation std", above=0, auto="the checkpoint's, else timm's"
+    )
+    workers: int = option(4, "DataLoader worker processes", low=0)
+    seed: int = option(0, "random seed", low=0)
+    amp: bool = option(False, "bfloat16 autocast (CUDA only)")
+    optimize: bool = option(True, "fcvit.optimize's exact faster backbone modules (--no-optimize: the plain model)")
+    grad_clip: float | None = option(None, "clip the gradient norm to this value", above=0, auto="off")
 
 
 @dataclass
 class DetConfig(DenseConfig):
     """Mask R-CNN recipe; defaults are the paper's COCO setting (Table 4: 1x schedule as in mmdetection)."""
 
-    num_classes: int | None = None  # None: max category_id of the training set + 1 (background)
-    epochs: int = 12
-    lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the lr is divided by 10
-    batch_size: int = 16  # total over all processes
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    warmup_iters: int = 500
-    train_sizes: tuple[int, ...] = tuple(range(480, 801, 32))  # shorter side, one drawn per image (multi-scale)
-    test_size: int = 800
-    max_size: int = 1333
-    fpn_channels: int = 256
-    representation_size: int = 1024  # width of the box head's two fully connected layers
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512
-    box_detections_per_img: int = 100
+    num_classes: int | None = option(
+        None, "classes including background", low=2, auto="max category_id of the training set + 1"
+    )
+    epochs: int = option(12, "epochs", low=1)
+    lr_steps: tuple[int, ...] = option((8, 11), "epochs after which the lr is divided by 10", low=1)
+    batch_size: int = option(16, "images per step, over all processes", low=1)
+    lr: float = option(2e-4, "AdamW learning rate", above=0)
+    weight_decay: float = option(1e-4, "AdamW weight decay", low=0)
+    warmup_iters: int = option(500, "linear warm-up, iterations", low=0)
+    train_sizes: tuple[int, ...] = option(
+        tuple(range(480, 801, 32)), "shorter side at training, one drawn per image (multi-scale)", low=32,
+        check=_positive_sizes,
+    )  # fmt: skip
+    test_size: int = option(800, "shorter side at evaluation", low=32)
+    max_size: int = option(1333, "longest side at most", low=32)
+    fpn_channels: int = option(256, "FPN width", low=1)
+    representation_size: int = option(1024, "width of the box head's two fully connected layers", low=1)
+    rpn_batch_size_per_image: int = option(256, "anchors sampled per image for the RPN loss", low=1)
+    box_batch_size_per_image: int = option(512, "proposals sampled per image for the box head", low=1)
+    box_detections_per_img: int = option(100, "detections kept per image", low=1)
 
 
 @dataclass
 class SegConfig(DenseConfig):
     """Semantic FPN recipe; defaults are the paper's ADE20K setting (Table 5, mmsegmentation 40k schedule)."""
 
-    num_classes: int | None = None  # None: from DATA/classes.json, else 150 (ADE20K)
-    reduce_zero_label: bool | None = None  # None: from DATA/classes.json, else True (ADE20K)
-    iters: int = 40_000
-    eval_interval: int = 4_000
-    batch_size: int = 32  # total over all processes
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    warmup_iters: int = 0
-    crop_size: int = 512
-    scale_range: tuple[float, float] = (0.5, 2.0)  # random resize of the short side, as a multiple of crop_size
-    test_size: int = 512  # short side at evaluation (whole-image inference)
-    fpn_channels: int = 256
-    head_channels: int = 128
-    dropout: float = 0.1
+    num_classes: int | None = option(None, "classes", low=1, auto="DATA/classes.json, else 150 (ADE20K)")
+    reduce_zero_label: bool | None = option(
+        None, "label 0 is 'other' and ignored (ADE20K)", auto="DATA/classes.json, else true"
+    )
+    iters: int = option(40_000, "training iterations", low=1)
+    eval_interval: int = option(4_000, "iterations between evaluations", low=1)
+    batch_size: int = option(32, "images per step, over all processes", low=1)
+    lr: float = option(2e-4, "AdamW learning rate", above=0)
+    weight_decay: float = option(1e-4, "AdamW weight decay", low=0)
+    poly_power: float = option(0.9, "power of the polynomial lr decay", above=0)
+    warmup_iters: int = option(0, "linear warm-up, iterations", low=0)
+    crop_size: int = option(512, "training crop side", low=32)
+    scale_range: tuple[float, float] = option(
+        (0.5, 2.0), "random resize of the short side, as a multiple of crop_size", above=0
+    )
+    test_size: int = option(512, "short side at evaluation (whole-image inference)", low=32)
+    fpn_channels: int = option(256, "FPN width", low=1)
+    head_channels: int = option(128, "segmentation head width", low=1)
+    dropout: float = option(0.1, "dropout before the classifier", low=0, below=1)
+
+    def check(self) -> None:
+        if len(self.scale_range) != 2 or self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"--scale-range takes MIN MAX with MIN <= MAX, got {list(self.scale_range)}")
 
 
 # A tiny FCViT on small canvases: trains measurably in minutes on a CPU (see docs/dense.md).

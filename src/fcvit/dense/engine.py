@@ -28,13 +28,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from ..accel import command_backend, optimize
 from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.config import save_config
 from ..engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
 from ..engine.logger import Progress, RunLogger
 from ..engine.rng import seed_everything
 from ..errors import NonFiniteLossError
 from ..runtime import adapt_threads
 
-__all__ = ["BEST", "LAST", "DenseTask", "eval_loader", "evaluate_split", "load_trained", "save_config", "train"]
+__all__ = ["BEST", "LAST", "DenseTask", "eval_loader", "evaluate_split", "load_trained", "train"]
 
 LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
 
@@ -64,14 +65,6 @@ class DenseTask(Protocol):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
 
     def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list: ...
-
-
-def save_config(cfg: Any, path: Path) -> None:
-    """``cfg`` (a config dataclass) as YAML, tuples as lists; ``--config`` reads it back."""
-    import yaml
-
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    path.write_text(yaml.safe_dump(plain, sort_keys=False))
 
 
 def _autocast(cfg: Any, device: torch.device) -> torch.autocast:

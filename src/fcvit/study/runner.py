@@ -167,7 +167,7 @@ def _train_config(run_directory: Path) -> dict[str, Any]:
 
 def _export_images(root: Path, study: Study, config: dict[str, Any], count: int) -> list[str]:
     """The first ``count`` validation images of the study's data as PNG files (the Fig. 2 grids' inputs)."""
-    from ..train.build import open_dataset
+    from ..data.sets import open_dataset
 
     folder = root / study.name / "images"
     paths = [folder / f"val{i:03d}.png" for i in range(count)]

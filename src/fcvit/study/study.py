@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..train.config import load_config, read_yaml_mapping
+from ..engine.config import read_yaml_mapping
+from ..train.config import load_config
 
 __all__ = ["ANALYSES", "Arm", "Study", "StudyError", "load_study"]
 

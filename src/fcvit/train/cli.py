@@ -7,10 +7,11 @@ runs the same command data-parallel.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
-from ..accel import NO_OPTIMIZE_HELP, command_backend, optimize
-from ..errors import non_negative_int, positive_int
+from ..accel import NO_OPTIMIZE_HELP, command_backend
+from ..engine.config import mapping_argument
+from ..errors import MODEL_KWARGS_HELP, device_argument, non_negative_int, positive_int
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -26,33 +27,33 @@ def run_train(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.sets import create_eval_loader, open_dataset
     from ..engine.distributed import pick_device
-    from .build import create_eval_loader, open_dataset
+    from ..engine.jsonio import dumps
     from .evaluate import evaluate
 
-    model, data_config, class_names = _load_model(args)
-    if args.img_size:
-        data_config["input_size"] = [data_config["input_size"][0], args.img_size, args.img_size]
-    dataset, classes = open_dataset(args.data, args.split, data_config["input_size"][0], args.data_dir, args.limit)
-    if len(classes) != len(class_names):
-        raise ValueError(
-            f"{args.data} ({args.split}) has {len(classes)} classes, the checkpoint's model {len(class_names)}"
-        )
+    loaded = _load_model(args)
+    recorded = loaded.train_config  # what the run trained on: the defaults of --data, --data-dir and --split
+    data = _recorded(args, "data", recorded, "data", "fashion-mnist")
+    split = _recorded(args, "split", recorded, "val_split", "val")
+    data_dir = _recorded(args, "data_dir", recorded, "data_dir", None)
+    dataset, classes = open_dataset(data, split, loaded.in_chans, data_dir, args.limit)
+    if len(classes) != loaded.num_classes:
+        raise ValueError(f"{data} ({split}) has {len(classes)} classes, the checkpoint's model {loaded.num_classes}")
+    _say_overrides(loaded.overrides)
     device = pick_device(args.device)
-    model.to(device=device, memory_format=torch.channels_last)
-    loader = create_eval_loader(dataset, data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images)
+    model = loaded.model.to(device=device, memory_format=torch.channels_last)
+    loader = create_eval_loader(
+        dataset, loaded.data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images
+    )
     metrics = evaluate(model, loader, device, channels_last=True)
-    metrics = {
-        "model": model.default_cfg.get("architecture", args.model),
-        "checkpoint": args.checkpoint,
-        "ema": args.ema,
-        **metrics,
-    }
+    metrics = {"model": loaded.name, "checkpoint": args.checkpoint, "ema": args.ema, "data": data, "split": split,
+               **metrics}  # fmt: skip
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        print(dumps(metrics, indent=2))
     else:
         print(
-            f"{args.checkpoint}{' (EMA)' if args.ema else ''} on {args.data} {args.split} ({metrics['n']} images): "
+            f"{args.checkpoint}{' (EMA)' if args.ema else ''} on {data} {split} ({metrics['n']} images): "
             f"top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, loss {metrics['loss']:.4f}"
             + (f", {metrics['skipped']} unreadable images skipped" if metrics["skipped"] else "")
         )
@@ -64,11 +65,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from ..data import load_image
     from ..data.transforms import create_eval_transform, image_mode
+    from ..engine.jsonio import dumps
     from ..errors import report_error
 
-    model, data_config, class_names = _load_model(args)
-    transform = create_eval_transform(data_config)
-    mode = image_mode(data_config["input_size"][0])
+    loaded = _load_model(args)
+    _say_overrides(loaded.overrides)
+    class_names, model = loaded.class_names, loaded.model
+    transform = create_eval_transform(loaded.data_config)
+    mode = image_mode(loaded.in_chans)
     images, paths, failed = [], [], 0
     for path in args.images:
         try:
@@ -88,38 +92,62 @@ def run_predict(args: argparse.Namespace) -> int:
                     {"image": path, "top": [{"class": class_names[c], "index": c, "prob": q} for c, q in zip(i, p)]}
                 )
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(dumps(results, indent=2))
     else:
         for r in results:
             print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
     return 1 if failed else 0
 
 
-def _load_model(args: argparse.Namespace):
-    """(model, data config, class names) of ``--checkpoint``, optimised unless ``--no-optimize``."""
-    from .build import load_trained_model
+def _recorded(args: argparse.Namespace, flag: str, record: dict, key: str, default):
+    """The value of ``--flag``: given, else what the checkpoint's training config records, else ``default``.
+    A given value that differs from the record is said on stderr."""
+    given, saved = getattr(args, flag), record.get(key)
+    if given is None:
+        return saved if key in record else default
+    if key in record and given != saved:
+        _say_overrides([f"--{flag.replace('_', '-')} {given} (the checkpoint was trained with {saved})"])
+    return given
 
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
-    trained = load_trained_model(args.model, args.checkpoint, args.ema, kwargs, args.in_chans, args.num_classes)
-    return optimize(trained.model, command_backend(not args.no_optimize)), trained.data_config, trained.class_names
+
+def _say_overrides(overrides: list[str]) -> None:
+    for line in overrides:
+        print(f"note: {line}", file=sys.stderr)
+
+
+def _load_model(args: argparse.Namespace):
+    """The :class:`~fcvit.hub.LoadedModel` of ``--checkpoint``, optimised unless ``--no-optimize``."""
+    from ..hub import load
+
+    return load(
+        args.checkpoint,
+        model=args.model,
+        ema=args.ema,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        img_size=getattr(args, "img_size", None),
+        model_kwargs=args.model_kwargs,
+        optimize=command_backend(not args.no_optimize),
+    )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="timm model name (default: the one recorded in the checkpoint)")
     p.add_argument(
-        "--checkpoint", required=True, help="fcvit train, timm or official FCViT checkpoint (.pth/.safetensors)"
+        "--checkpoint",
+        required=True,
+        help="fcvit train, timm, official FCViT/ACmix or safetensors checkpoint (.pth/.safetensors)",
     )
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument(
-        "--model-kwargs", metavar="JSON", help="extra timm.create_model arguments (checkpoints of other tools)"
-    )
+    p.add_argument("--model-kwargs", type=mapping_argument, metavar="MAPPING", help=MODEL_KWARGS_HELP)
     p.add_argument(
         "--in-chans", type=positive_int, help="input channels (default: the checkpoint's, else its first conv's)"
     )
     p.add_argument(
         "--num-classes", type=positive_int, help="classes (default: the checkpoint's, else its classifier's)"
     )
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: the checkpoint's, else the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass [default: 64]")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-optimize", action="store_true", help=NO_OPTIMIZE_HELP)
 
@@ -138,18 +166,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("validate", help="top-1, top-5 and loss of a checkpoint on a dataset")
     _add_model_args(p)
-    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder root")
-    p.add_argument("--data-dir", help="torchvision-style Fashion-MNIST root")
-    p.add_argument("--split", default="val", help="sub-folder / split to validate on")
+    p.add_argument(
+        "--data", help="'fashion-mnist' or an ImageFolder root [default: the data the checkpoint was trained on]"
+    )
+    p.add_argument("--data-dir", help="torchvision-style Fashion-MNIST root [default: the checkpoint's]")
+    p.add_argument("--split", help="sub-folder / split to validate on [default: the checkpoint's validation split]")
     p.add_argument("--limit", type=positive_int, help="validate on the first N images only")
-    p.add_argument("--img-size", type=positive_int, help="override the checkpoint's input size")
-    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' ...")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers [default: 2]")
+    p.add_argument("--device", default="auto", type=device_argument, help="'auto', 'cpu', 'cuda' ... [default: auto]")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
     p.set_defaults(func=run_validate)
 
     p = subparsers.add_parser("predict", help="top-k classes of images (any size or mode)")
     _add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image [default: 5]")
     p.set_defaults(func=run_predict)

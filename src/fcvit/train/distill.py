@@ -16,13 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..accel import command_backend, optimize
-from .build import load_trained_model
+from ..accel import command_backend
+from ..hub import load
 from .config import TrainConfig
 
-__all__ = ["DISTILL_KINDS", "DistillationLoss", "load_teacher"]
-
-DISTILL_KINDS = ("none", "hard", "soft")
+__all__ = ["DistillationLoss", "load_teacher"]
 
 
 class DistillationLoss(nn.Module):
@@ -89,9 +87,9 @@ def load_teacher(
     """The teacher of ``cfg.teacher`` in eval mode without gradients, on ``device``, optimised unless
     ``--no-optimize``, and its input size. It must read the student's images (channels, mean, std; the size may
     differ: :class:`DistillationLoss` resizes) and predict the student's classes."""
-    if not cfg.teacher:
-        raise ValueError(f"--distill {cfg.distill} needs --teacher CHECKPOINT")
-    loaded = load_trained_model(cfg.teacher_model or None, cfg.teacher, cfg.teacher_ema)
+    loaded = load(
+        cfg.teacher, model=cfg.teacher_model or None, ema=cfg.teacher_ema, optimize=command_backend(cfg.optimize)
+    )
     teacher, teacher_data = loaded.model, loaded.data_config
     for key, part in (("input_size", slice(0, 1)), ("mean", slice(None)), ("std", slice(None))):
         if not _same(teacher_data[key][part], data_config[key][part]):
@@ -102,7 +100,6 @@ def load_teacher(
     classes = teacher.num_classes if hasattr(teacher, "num_classes") else None
     if classes != num_classes:
         raise ValueError(f"--teacher {cfg.teacher} predicts {classes} classes, the data has {num_classes}")
-    teacher = optimize(teacher, command_backend(cfg.optimize))
     teacher.requires_grad_(False)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     size = (int(teacher_data["input_size"][1]), int(teacher_data["input_size"][2]))

@@ -35,7 +35,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accel import command_backend, optimize
+from ..data.sets import is_fashion_mnist, open_dataset
 from ..engine.checkpoint import load_checkpoint, read_weights, save_checkpoint
+from ..engine.config import save_config
 from ..engine.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -49,11 +51,12 @@ from ..engine.logger import Progress, RunLogger, format_duration
 from ..engine.rng import get_rng_state, seed_everything, set_rng_state
 from ..engine.rundir import clean_orphans, new_run_dir
 from ..errors import NonFiniteLossError
+from ..hub import check_finite, create
 from ..models.complexity import count_params
 from ..runtime import adapt_threads
-from .build import create_loaders, create_model, is_fashion_mnist, open_dataset, resolve_data_config
-from .config import TrainConfig, save_config
-from .distill import DISTILL_KINDS, DistillationLoss, load_teacher
+from .build import check_memory, create_loaders, resolve_data_config
+from .config import TrainConfig
+from .distill import DistillationLoss, load_teacher
 from .evaluate import evaluate
 from .resume import check_resume_config, restore_optimizer
 
@@ -154,8 +157,6 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
-    if cfg.distill not in DISTILL_KINDS:
-        raise ValueError(f"--distill must be one of {DISTILL_KINDS}, got {cfg.distill!r}")
     if cfg.distill != "none":  # the student gets DeiT's distillation token (recorded with the model's kwargs)
         cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "distilled": True})
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
@@ -168,7 +169,8 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     val_set, val_classes = open_dataset(cfg.data, cfg.val_split, cfg.in_chans, cfg.data_dir, cfg.val_limit)
     if val_classes != class_names:
         raise ValueError(f"--data {cfg.data}: {cfg.val_split}/ classes {val_classes} differ from {class_names}")
-    model = _create_model(cfg, len(class_names))
+    check_memory(cfg, len(class_names), device)
+    model, origin = _create_model(cfg, len(class_names))
     data_config = resolve_data_config(cfg, model)
     cfg = _resolve(cfg, data_config, world)
     loaders = create_loaders(cfg, data_config, train_set, val_set, dist.rank, world, pin_memory=device.type == "cuda")
@@ -236,32 +238,38 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
         f"{data_config['input_size'][-1]} px) on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
         f"{len(class_names)} classes; {world} process(es) on {device}, global batch {cfg.batch_size * world}, "
         f"lr {cfg.lr:.3g}; run dir {run_dir}"
-        + (f"; resumed at epoch {state.epoch + 1} batch {state.batch}" if ckpt else "")
+        + (f"; resumed at epoch {state.epoch + 1} batch {state.batch}" if ckpt else f"; weights: {origin}")
         + (f"; changed on resume: {', '.join(changes)}" if changes else ""),
     )
     return run, state
 
 
-def _create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The model, seeded so that every rank starts from the same weights, optimised unless ``--no-optimize``."""
+def _create_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
+    """The model, seeded so that every rank starts from the same weights, optimised unless ``--no-optimize``, and
+    a line saying where its weights come from. ``--pretrained-path`` adapts the file to the model (classifier,
+    stem, position tables: :func:`fcvit.hub.create_pretrained`); ``--initial-checkpoint`` loads it as it is."""
     torch.manual_seed(cfg.seed)
+    kwargs = dict(num_classes=num_classes, in_chans=cfg.in_chans, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
+    kwargs.update(cfg.model_kwargs)
+    origin = "random initialisation"
     try:
-        model = create_model(
-            cfg.model,
-            pretrained=cfg.pretrained,
-            num_classes=num_classes,
-            in_chans=cfg.in_chans,
-            drop_rate=cfg.drop,
-            drop_path_rate=cfg.drop_path,
-            **cfg.model_kwargs,
-        )
+        if cfg.pretrained_path:
+            from ..hub.pretrained import create_pretrained
+
+            model, origin = create_pretrained(cfg.model, cfg.pretrained_path, img_size=cfg.img_size, **kwargs)
+        else:
+            model = create(cfg.model, img_size=cfg.img_size, pretrained=cfg.pretrained, **kwargs)
+            origin = "timm's pretrained weights" if cfg.pretrained else origin
     except ValueError as e:
         if cfg.distill == "none" or "distilled" not in str(e):
             raise
         raise ValueError(f"--distill: {cfg.model} has no distillation token (the DeiT hosts have one)") from None
     if cfg.initial_checkpoint:
-        model.load_state_dict(read_weights(cfg.initial_checkpoint)[0])
-    return optimize(model, command_backend(cfg.optimize))
+        weights = read_weights(cfg.initial_checkpoint)[0]
+        check_finite(weights, cfg.initial_checkpoint)
+        model.load_state_dict(weights)
+        origin = f"loaded {len(weights)} tensors from {cfg.initial_checkpoint} as they are"
+    return optimize(model, command_backend(cfg.optimize)), origin
 
 
 def _create_optimizer(cfg: TrainConfig, model: nn.Module, updates_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:

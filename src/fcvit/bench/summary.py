@@ -6,17 +6,14 @@ import argparse
 import fnmatch
 import json
 
-import timm
-
 from ..errors import positive_int
-from ._registry import list_models, paper_figures, paper_variants
-from .complexity import count_complexity, count_params
+from ..hub import create
+from ..models._registry import list_models, paper_figures, paper_variants
+from ..models.complexity import count_complexity, count_params
 
 
 def _row(name: str, kwargs: dict, paper: dict, img_size: int) -> dict:
-    # models that fix their input size at creation (ViT position embeddings, Swin's masks) are built for it
-    fixed = getattr(timm.get_pretrained_cfg(name), "fixed_input_size", False)
-    model = timm.create_model(name, **{**(dict(img_size=img_size) if fixed else {}), **kwargs})
+    model = create(name, img_size=img_size, **kwargs)  # models that fix their input size are built for it
     gmacs, macts = count_complexity(model, (3, img_size, img_size))
     return dict(
         model=name,
