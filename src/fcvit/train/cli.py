@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..accel import NO_OPTIMIZE_HELP, command_backend, optimize
 from ..errors import non_negative_int, positive_int
@@ -26,6 +27,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.fingerprint import class_names_notice
     from ..engine.distributed import pick_device
     from .build import create_eval_loader, open_dataset
     from .evaluate import evaluate
@@ -38,6 +40,8 @@ def run_validate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.data} ({args.split}) has {len(classes)} classes, the checkpoint's model {len(class_names)}"
         )
+    if notice := class_names_notice(f"{args.data} ({args.split})", classes, class_names):
+        print(notice, file=sys.stderr)
     device = pick_device(args.device)
     model.to(device=device, memory_format=torch.channels_last)
     loader = create_eval_loader(dataset, data_config, args.batch_size, args.workers, skip_bad=args.skip_bad_images)
