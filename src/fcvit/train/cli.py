@@ -27,6 +27,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.fingerprint import class_names_notice
     from ..data.sets import create_eval_loader, open_dataset
     from ..engine.distributed import pick_device
     from ..engine.jsonio import dumps
@@ -40,6 +41,8 @@ def run_validate(args: argparse.Namespace) -> int:
     dataset, classes = open_dataset(data, split, loaded.in_chans, data_dir, args.limit)
     if len(classes) != loaded.num_classes:
         raise ValueError(f"{data} ({split}) has {len(classes)} classes, the checkpoint's model {loaded.num_classes}")
+    if notice := class_names_notice(f"{data} ({split})", classes, loaded.class_names):
+        print(notice, file=sys.stderr)
     _say_overrides(loaded.overrides)
     device = pick_device(args.device)
     model = loaded.model.to(device=device, memory_format=torch.channels_last)

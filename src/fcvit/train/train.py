@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accel import command_backend, optimize
+from ..data.fingerprint import check_same_data, data_fingerprint
 from ..data.sets import is_fashion_mnist, open_dataset
 from ..engine.checkpoint import load_checkpoint, read_weights, save_checkpoint
 from ..engine.config import save_config
@@ -114,6 +115,7 @@ class Run:
     val_loader: Any
     class_names: list[str]
     data_config: dict[str, Any]
+    data_fingerprint: dict[str, Any]  # {'train': ..., 'val': ...}: checked on resume (fcvit.data.fingerprint)
     run_dir: Path
     logger: RunLogger
 
@@ -169,6 +171,12 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     val_set, val_classes = open_dataset(cfg.data, cfg.val_split, cfg.in_chans, cfg.data_dir, cfg.val_limit)
     if val_classes != class_names:
         raise ValueError(f"--data {cfg.data}: {cfg.val_split}/ classes {val_classes} differ from {class_names}")
+    fingerprint = {
+        "train": data_fingerprint(train_set, class_names, cfg.train_split),
+        "val": data_fingerprint(val_set, class_names, cfg.val_split),
+    }
+    if ckpt is not None:
+        check_same_data(ckpt.get("data_fingerprint"), fingerprint, cfg.resume)
     check_memory(cfg, len(class_names), device)
     model, origin = _create_model(cfg, len(class_names))
     data_config = resolve_data_config(cfg, model)
@@ -229,6 +237,7 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
         val_loader=loaders[1],
         class_names=class_names,
         data_config=data_config,
+        data_fingerprint=fingerprint,
         run_dir=run_dir,
         logger=logger,
     )
@@ -501,6 +510,7 @@ def save(run: Run, state: State, path: Path, t0: float) -> None:
         "num_classes": len(run.class_names),
         "class_names": run.class_names,
         "data_config": run.data_config,
+        "data_fingerprint": run.data_fingerprint,
     }
     save_checkpoint(checkpoint, path)
     if path.name == LAST:
