@@ -9,7 +9,6 @@ from typing import Any, NamedTuple
 import timm
 import torch
 from timm.data import ImageNetInfo, resolve_model_data_config
-from timm.models import get_pretrained_cfg_value
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
@@ -17,6 +16,7 @@ from ..data import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
 from ..data.loaders import DatasetLoader, TensorLoader
 from ..data.transforms import channel_stats, create_eval_transform, create_train_transform, image_mode
 from ..engine.checkpoint import read_weights
+from ..hub.pretrained import weights_layout
 from .config import FASHION_MNIST, TrainConfig
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "load_trained_model",
     "open_dataset",
     "resolve_data_config",
-    "weights_layout",
 ]
 
 
@@ -224,19 +223,6 @@ def create_loaders(
         val_set, data_config, cfg.batch_size, cfg.workers, rank, world_size, cfg.skip_bad_images, pin_memory
     )
     return train_loader, val_loader
-
-
-def weights_layout(model_name: str, weights: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
-    """``(in_chans, num_classes)`` that ``weights`` were trained with, read off the first convolution's and the
-    classifier's weights (names from the model's pretrained_cfg; the first 4-D tensor when the first convolution
-    is under another name, as in official releases); None where the file does not tell."""
-    first_conv = get_pretrained_cfg_value(model_name, "first_conv") or ""
-    classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"
-    conv = weights.get(f"{first_conv}.weight")
-    if conv is None:
-        conv = next((w for w in weights.values() if w.ndim == 4), None)
-    head = weights.get(f"{classifier}.weight")
-    return (int(conv.shape[1]) if conv is not None else None), (int(head.shape[0]) if head is not None else None)
 
 
 class TrainedModel(NamedTuple):
