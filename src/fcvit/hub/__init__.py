@@ -14,6 +14,7 @@
 
 from .create import accepted_arguments, check_model_name, create, has_fixed_input_size
 from .load import LoadedModel, check_finite, check_record, load, weights_layout
+from .pretrained import create_pretrained
 
 __all__ = [
     "LoadedModel",
@@ -22,6 +23,7 @@ __all__ = [
     "check_model_name",
     "check_record",
     "create",
+    "create_pretrained",
     "has_fixed_input_size",
     "load",
     "weights_layout",

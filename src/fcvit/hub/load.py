@@ -21,7 +21,7 @@ from typing import Any
 import timm
 import torch
 from timm.data import ImageNetInfo, resolve_model_data_config
-from timm.models import get_pretrained_cfg_value
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from ..accel import optimize as optimize_model
@@ -61,18 +61,29 @@ class LoadedModel:
         return dict(self.record.get("config") or {})
 
 
+def names_of(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """A pretrained_cfg entry that names one module or several (``first_conv``, ``classifier``) as a tuple."""
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def weights_layout(model_name: str, weights: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
     """``(in_chans, num_classes)`` that ``weights`` were trained with, read off the first convolution's and the
-    classifier's weights (names from the model's pretrained_cfg; the first 4-D tensor when the first convolution
-    is under another name, as in official releases); None where the file does not tell."""
-    first_conv = get_pretrained_cfg_value(model_name, "first_conv") or ""
-    classifier = get_pretrained_cfg_value(model_name, "classifier") or "head"
-    if isinstance(classifier, (list, tuple)):
-        classifier = classifier[0]
-    conv = weights.get(f"{first_conv}.weight")
+    classifier's weights; None where the file does not tell.
+
+    The names come from the model's pretrained_cfg (``first_conv``, the first ``classifier``). Releases may name
+    them otherwise: the first convolution is then the first 4-D tensor (official FCViT's ``patch_embed.proj``),
+    the classifier its parent module (official Swin's ``head`` for timm's ``head.fc``). An unknown name reads the
+    file with timm's defaults (model creation names the mistake).
+    """
+    cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
+    first_conv = names_of(cfg.first_conv if cfg else None)
+    classifier = (names_of(cfg.classifier if cfg else None) or ("head",))[0]
+    conv = next((weights[f"{name}.weight"] for name in first_conv if f"{name}.weight" in weights), None)
     if conv is None:
         conv = next((w for w in weights.values() if w.ndim == 4), None)
-    head = weights.get(f"{classifier}.weight")
+    head = weights.get(f"{classifier}.weight", weights.get(f"{classifier.split('.')[0]}.weight"))
     return (int(conv.shape[1]) if conv is not None else None), (int(head.shape[0]) if head is not None else None)
 
 

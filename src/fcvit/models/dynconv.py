@@ -30,14 +30,23 @@ q/k/v) is converted or starts fresh, and the log says which.
 """
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from timm.layers import Attention, register_notrace_module, trunc_normal_
+from timm.layers import (
+    Attention,
+    register_notrace_module,
+    resample_abs_pos_embed,
+    resample_abs_pos_embed_nhwc,
+    resize_rel_pos_bias_table,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._manipulate import named_apply
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from timm.models.swin_transformer import checkpoint_filter_fn as swin_checkpoint_filter_fn
 from timm.models.vision_transformer import VisionTransformer, get_init_weights_vit
 from torch import nn
 
@@ -431,34 +440,74 @@ class DynConvSwin(SwinTransformer):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm's DeiT / Swin weights (softmax attention) -> ``model``, any mixer and position embedding.
+    """timm's DeiT / Swin weights (softmax attention), or a model's own, -> ``model``: any mixer, position
+    embedding and image size.
 
-    Converted: ``dwattn``'s q/k projection is the host's q/k/v projection without its value rows; without a
-    class token, the host's final norm becomes the pooled tokens' norm (``fc_norm``) and the class token's
-    position entry is dropped. Dropped: what the model lacks (the value rows, absolute/relative position
-    weights of the other kind, the class token). Fresh (the model's own initialisation, logged): what the host
-    lacks (relative position tables of DeiT, Swin's absolute map). So the result loads strictly.
+    Swin weights first pass timm's Swin filter (official layout -> timm's, index buffers dropped, window tables
+    resized to the model's windows). Converted: ``dwattn``'s q/k projection is the host's q/k/v projection
+    without its value rows; without a class token, the host's final norm becomes the pooled tokens' norm
+    (``fc_norm``); the position embedding keeps the entries of the prefix tokens the model has. Resampled to the
+    model's patch grid (timm's functions): DeiT's position embedding, Swin's absolute map, DeiT's relative
+    tables. Dropped: what the model lacks (the value rows, position weights of the other kind, the class token).
+    Fresh (the model's own initialisation, logged): what the host lacks (relative position tables of DeiT,
+    Swin's absolute map). So the result loads strictly.
     """
     state_dict = state_dict.get("model", state_dict)
     own = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
     dropped = []
+    if isinstance(model, SwinTransformer):
+        dropped = [k for k in state_dict if k.endswith("relative_position_bias_table") and k not in own]
+        state_dict = swin_checkpoint_filter_fn({k: v for k, v in state_dict.items() if k not in dropped}, model)
+    file_prefix = sum(k in state_dict for k in ("cls_token", "dist_token"))
+    out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith((".qkv.weight", ".qkv.bias")) and key.replace(".qkv.", ".qk.") in own:
             out[key.replace(".qkv.", ".qk.")] = value[: 2 * value.shape[0] // 3]  # q and k rows; v has no place
         elif key.startswith("norm.") and f"fc_{key}" in own and key not in own:
             out[f"fc_{key}"] = value
-        elif key == "pos_embed" and key in own and value.shape[1] == own[key].shape[1] + 1:
-            out[key] = value[:, 1:]  # the class token's entry
-        elif key in own:
-            out[key] = value
-        else:
+        elif key not in own:
             dropped.append(key)
+        elif key == "pos_embed" and value.ndim == 3:
+            out[key] = _token_positions(value, file_prefix, model)
+        else:
+            owner = model.get_submodule(key.rpartition(".")[0])
+            if isinstance(owner, AbsolutePosition):
+                value = resample_abs_pos_embed_nhwc(value, list(own[key].shape[1:3]))
+            elif isinstance(owner, RelativePositionBias):
+                value = _resize_table(value, own[key])
+            out[key] = value
     fresh = [key for key in own if key not in out]
     out.update({key: own[key] for key in fresh})
     if dropped or fresh:
         _logger.info("host weights: dropped %s; start fresh %s", dropped or "nothing", fresh or "nothing")
     return out
+
+
+def _token_positions(value: torch.Tensor, file_prefix: int, model: VisionTransformer) -> torch.Tensor:
+    """DeiT's position embedding [1, prefix + patch tokens, C] with ``file_prefix`` prefix entries (class, then
+    distillation token) -> the model's: the entries of prefix tokens it lacks dropped, the grid resampled to its
+    patch grid. Left as is where the model has prefix tokens the file lacks (the shape check names it)."""
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    grid = value.shape[1] - file_prefix
+    if file_prefix < prefix or math.isqrt(grid) ** 2 != grid:
+        return value
+    value = torch.cat([value[:, :prefix], value[:, file_prefix:]], dim=1)
+    return resample_abs_pos_embed(value, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix)
+
+
+def _resize_table(table: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A :class:`RelativePositionBias` table [heads, (2h+1)(2w+1)] resized to ``own``'s offsets with timm's
+    interpolation for relative tables (square source, as timm assumes for checkpoints). Left as is where heads
+    differ or the source is not square (the shape check names it)."""
+    heads, offsets = own.shape
+    side = math.isqrt(table.shape[-1])
+    if table.shape == own.shape or table.shape[0] != heads or side * side != table.shape[-1]:
+        return table
+    rows = math.isqrt(offsets)  # the model's tables are square too: 2 * grid - 1 per side
+    resized = resize_rel_pos_bias_table(
+        table.reshape(heads, side, side), new_window_size=((rows + 1) // 2,) * 2, new_bias_shape=(heads, rows, rows)
+    )
+    return resized.reshape(heads, offsets)
 
 
 # --- variants ---------------------------------------------------------------------------------------------------
@@ -548,6 +597,9 @@ def _create(host: str, mixer: str, pretrained: bool = False, distilled: bool = F
         if cls is not DynConvViT:
             raise ValueError(f"{host}_{mixer}: the distillation token is DeiT's; use a DeiT host")
         cls = DistilledDynConvViT
+        # both heads are classifiers: timm's loader re-initialises both for another class count (as DeiT's cfgs)
+        overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+        kwargs["pretrained_cfg_overlay"] = {"classifier": ("head", "head_dist"), **overlay}
     if issubclass(cls, DynConvViT):
         depth = kwargs.get("depth", model_args["depth"])  # the last three blocks, as timm's ViTs (fewer if shallower)
         feature_cfg = dict(out_indices=kwargs.pop("out_indices", min(3, depth)), feature_cls="getter")

@@ -27,9 +27,11 @@ from torch import nn
 
 from ..layers import ATTENTION_ACTIVATIONS
 from ._registry import register_model, register_paper_figures
-from .fcvit import FCViT, IsoFCViT, _cfg, _create
+from .fcvit import FCViT, IsoFCViT, _cfg, _create, checkpoint_filter_fn
 
-__all__: list[str] = []  # the registered model functions are appended by timm's register_model
+# FCViT's frame, so FCViT's checkpoint filter (the name timm's convention looks up); timm's register_model appends
+# the model functions
+__all__: list[str] = ["checkpoint_filter_fn"]
 
 MIXERS = ("acmix", *(f"attn_{a}" for a in ATTENTION_ACTIVATIONS), "dwattn")
 

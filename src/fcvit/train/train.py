@@ -52,7 +52,7 @@ from ..engine.logger import Progress, RunLogger, format_duration
 from ..engine.rng import get_rng_state, seed_everything, set_rng_state
 from ..engine.rundir import clean_orphans, new_run_dir
 from ..errors import NonFiniteLossError
-from ..hub import check_finite, create
+from ..hub import check_finite, create, create_pretrained
 from ..models.complexity import count_params
 from ..runtime import adapt_threads
 from .build import check_memory, create_loaders, resolve_data_config
@@ -263,8 +263,6 @@ def _create_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     origin = "random initialisation"
     try:
         if cfg.pretrained_path:
-            from ..hub.pretrained import create_pretrained
-
             model, origin = create_pretrained(cfg.model, cfg.pretrained_path, img_size=cfg.img_size, **kwargs)
         else:
             model = create(cfg.model, img_size=cfg.img_size, pretrained=cfg.pretrained, **kwargs)
