@@ -194,7 +194,7 @@ def test_compare_two_checkpoints(tmp_path, image_dir, vit_checkpoints):
     ],
 )
 def test_bad_input_is_named(tmp_path, capsys, argv, message):
-    assert main(["analyze", *argv, "--output", str(tmp_path / "x")]) == 2
+    assert main(["analyze", *argv, "--output", str(tmp_path / "x")]) == 1
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x" / "attention.json")
 
@@ -202,5 +202,5 @@ def test_bad_input_is_named(tmp_path, capsys, argv, message):
 def test_unreadable_image_is_named(tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    assert main(["analyze", "attention", *VIT, *SMALL, str(bad), "--output", str(tmp_path / "x")]) == 2
+    assert main(["analyze", "attention", *VIT, *SMALL, str(bad), "--output", str(tmp_path / "x")]) == 1
     assert "broken.png" in capsys.readouterr().err

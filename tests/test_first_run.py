@@ -10,8 +10,8 @@ import torch
 
 import fcvit
 from fcvit.cli import main
+from fcvit.engine import logger
 from fcvit.engine.logger import Progress, plot_curves, remaining_time
-from fcvit.train import logger
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -40,7 +40,7 @@ def test_unknown_flag_shows_the_subcommands_usage(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--bogus-flag"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("usage: fcvit train")
+    assert exit_.value.code == 1 and err.startswith("usage: fcvit train")
     assert "fcvit train: error: unrecognized arguments: --bogus-flag" in err
     with pytest.raises(SystemExit):
         main(["analyze", "stats", "--model", "m", "--data", "d", "--output", "o", "--bogus"])

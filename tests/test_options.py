@@ -3,6 +3,7 @@ source: flags, a --config file, a resumed run's config (issue 28, item 1)."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ REFUSED = [  # (flag, value, words of the one-line error)
     ("--amp-dtype", "float8", "not one of: bfloat16, float16"),
     ("--opt", "adamww", "not one of"),
     ("--sched", "cosin", "not one of: cosine"),
-    ("--aa", "rand-zz", "not a timm auto-augment policy"),
+    ("--aa", "randaugment", "not a timm auto-augment policy"),
     ("--device", "gpu", "not a device"),
     ("--epochs", "0", "out of range: must be >= 1"),
     ("--model", "fcvit_b13", "unknown model 'fcvit_b13'; closest: fcvit_b12"),
@@ -86,13 +87,13 @@ def test_help_shows_each_default_once():
 
 
 def test_dense_configs_are_declared_the_same_way(tmp_path):
-    args = type("Args", (), dict(preset="cpu-demo", config=None, epochs=0))()
+    args = argparse.Namespace(preset="cpu-demo", config=None, epochs=0)
     with pytest.raises(ValueError, match=r"--epochs \(command line\): 0 is out of range: must be >= 1"):
         build_config("det", args)
-    args = type("Args", (), dict(preset=None, config=None, crop_size=1))()
+    args = argparse.Namespace(preset=None, config=None, crop_size=1)
     with pytest.raises(ValueError, match=r"--crop-size \(command line\): 1 is out of range: must be >= 32"):
         build_config("seg", args)
-    assert build_config("det", type("Args", (), dict(preset="cpu-demo", config=None))()).epochs == 6
+    assert build_config("det", argparse.Namespace(preset="cpu-demo", config=None)).epochs == 6
 
 
 def test_preset_help_says_what_it_sets():
@@ -104,3 +105,22 @@ def test_preset_help_says_what_it_sets():
 
 def test_every_train_default_passes_its_own_checks():
     assert build(TrainConfig) == TrainConfig()
+
+
+def test_sizes_that_cannot_fit_are_refused_up_front_with_the_estimate(capsys, tmp_path):
+    code = main(["train", "--img-size", "100000", "--output", str(tmp_path), "--train-limit", "8"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--img-size 100000 with --batch-size 64: its batch of input images alone needs" in err
+    assert "GiB free; lower them" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_step_estimate_counts_the_model_on_the_meta_device():
+    from fcvit.hub import create
+    from fcvit.train.build import training_memory
+
+    cfg = load_config(overrides=dict(model_kwargs={"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}))
+    model = create("fcvit_tiny", in_chans=1, num_classes=10, **cfg.model_kwargs)
+    small = training_memory(model, load_config(base=cfg.to_dict(), overrides=dict(img_size=32, in_chans=1)))
+    large = training_memory(model, load_config(base=cfg.to_dict(), overrides=dict(img_size=64, in_chans=1)))
+    assert small > 0 and 3 < large / small < 4  # activations grow with the area, the weights do not
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the model itself stays where it was

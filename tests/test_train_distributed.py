@@ -49,7 +49,7 @@ def test_two_processes_match_one_at_same_global_batch(fm_root, tmp_path):
 
 DRIVER = """
 import os, sys
-from fcvit.train import logger
+from fcvit.engine import logger
 from fcvit.cli import main
 from fcvit.engine.checkpoint import load_checkpoint
 update = logger.Progress.update
@@ -79,7 +79,7 @@ def test_cleanup_waits_for_every_rank_before_leaving_the_group(monkeypatch):
     before the group is destroyed; without a group, cleanup calls neither."""
     from torch import distributed as dist
 
-    from fcvit.train import distributed
+    from fcvit.engine import distributed
 
     calls = []
     monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))

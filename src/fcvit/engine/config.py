@@ -184,11 +184,15 @@ def _coerce(f: dataclasses.Field, hint: Any, value: Any) -> Any:
         raise ValueError(f"bad value {value!r} ({e})") from None
     meta = f.metadata
     numbers = converted if kind in (list, tuple) else [converted]
+    if kind is str:
+        shown = repr(converted)
+    else:  # as the user wrote it: 0 and 1e-3, not 0.0 and 0.001
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     if kind is not str and not all(_in_bounds(x, meta) for x in numbers if isinstance(x, (int, float))):
-        raise ValueError(f"{value!r} is out of range: must be {_bounds_text(meta)}")
+        raise ValueError(f"{shown} is out of range: must be {_bounds_text(meta)}")
     allowed = _allowed(f)
     if allowed is not None and converted not in allowed:
-        raise ValueError(f"{value!r} is not one of: {', '.join(map(str, allowed))}")
+        raise ValueError(f"{shown} is not one of: {', '.join(map(str, allowed))}")
     if meta.get("check") is not None:
         meta["check"](converted)
     return converted
@@ -286,9 +290,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)  # resolves `<<: *anchor` merges first: a merged key may be overridden
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(

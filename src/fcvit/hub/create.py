@@ -6,7 +6,6 @@ import inspect
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from .. import models  # noqa: F401  (registers this project's models with timm)
@@ -24,10 +23,9 @@ def has_fixed_input_size(name: str) -> bool:
 
 def accepted_arguments(name: str) -> list[str]:
     """The keyword arguments the class of model ``name`` takes: its ``__init__``'s, and those of the bases it
-    hands ``**kwargs`` on to. The class is found by building the default model on the meta device (no memory, no
-    initialisation cost), so nothing depends on how the model's entry point is written."""
-    with torch.device("meta"):
-        cls = type(timm.create_model(name))
+    hands ``**kwargs`` on to. The class is found by building the default model (on the error path only), so
+    nothing depends on how the model's entry point is written."""
+    cls = type(timm.create_model(name))
     accepted: list[str] = []
     for klass in cls.__mro__:
         params = inspect.signature(klass.__init__).parameters.values()

@@ -217,6 +217,7 @@ def load(
             return _build_by_name(text, num_classes, in_chans, img_size, model_kwargs, optimize)
         if not path.suffix and os.sep not in text:  # looks like a name: the error lists the closest
             check_model_name(text)
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     weights, meta = _read(path, ema)
     check_record(meta, str(path))
     check_finite(weights, str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,7 +14,6 @@ from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from ..data.loaders import DatasetLoader
 from ..data.sets import create_eval_loader, in_memory, is_fashion_mnist, tensor_loader
 from ..data.transforms import channel_stats, create_train_transform
-from ..hub import create
 from ..models.complexity import ActivationCounter, count_params
 from ..runtime import available_memory
 from .config import TrainConfig
@@ -85,29 +85,36 @@ def create_loaders(
     return train_loader, val_loader
 
 
-def training_memory(cfg: TrainConfig, num_classes: int) -> int:
-    """Bytes one training step of ``cfg`` needs, estimated: the outputs of every convolution, linear layer and
-    matrix product of one image (counted on the meta device, so any size costs nothing to count) times the batch,
-    kept for the backward pass and matched by their gradients (x 3, fp32), plus the weights with their gradients
-    and two AdamW moments (x 4). Element-wise intermediates are not counted: the figure is a lower bound."""
-    with torch.device("meta"):
-        model = create(cfg.model, img_size=cfg.img_size, num_classes=num_classes, in_chans=cfg.in_chans,
-                       **cfg.model_kwargs)  # fmt: skip
-        counter = ActivationCounter()
-        with counter:
-            model.eval()(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size))
+def training_memory(model: nn.Module, cfg: TrainConfig) -> int | None:
+    """Bytes one training step of ``model`` under ``cfg`` needs, estimated: the outputs of every convolution,
+    linear layer and matrix product for one image (counted on a meta-device copy, so any size costs nothing) times
+    the batch, kept for the backward pass and matched by their gradients (x 3, fp32), plus the weights with their
+    gradients and two AdamW moments (x 4). Element-wise intermediates are not counted: it is a lower bound.
+    None when the model does not run on the meta device."""
+    counter = ActivationCounter()
+    try:
+        with torch.no_grad(), counter:
+            copy.deepcopy(model).to("meta").eval()(
+                torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size, device="meta")
+            )
+    except (NotImplementedError, RuntimeError):  # an operator without a meta kernel: no estimate
+        return None
     return cfg.batch_size * counter.total * 4 * 3 + count_params(model) * 4 * 4
 
 
-def check_memory(cfg: TrainConfig, num_classes: int, device: torch.device) -> None:
-    """Refuse, before any work, a run whose estimated step (:func:`training_memory`) exceeds the memory the
-    device has free, naming the estimate and the flags that set it."""
+def check_memory(cfg: TrainConfig, device: torch.device, model: nn.Module | None = None) -> None:
+    """Refuse, before the work, a run that cannot fit in the memory ``device`` has free, naming the estimate and the
+    flags that set it: the batch of input images alone before the model is built (``model`` None), then one
+    training step (:func:`training_memory`) once it is."""
     free = available_memory(str(device))
     if free is None or cfg.img_size is None:
         return
-    need = training_memory(cfg, num_classes)
-    if need > free:
+    if model is None:
+        need, what = cfg.batch_size * cfg.in_chans * cfg.img_size**2 * 4, "its batch of input images alone needs"
+    else:
+        need, what = training_memory(model, cfg), f"one training step of {cfg.model} needs at least"
+    if need is not None and need > free:
         raise ValueError(
-            f"--img-size {cfg.img_size} with --batch-size {cfg.batch_size}: one training step of {cfg.model} needs "
-            f"at least {need / 2**30:.3g} GiB, and {device} has {free / 2**30:.3g} GiB free; lower them"
+            f"--img-size {cfg.img_size} with --batch-size {cfg.batch_size}: {what} {need / 2**30:.3g} GiB, and "
+            f"{device} has {free / 2**30:.3g} GiB free; lower them"
         )

@@ -177,8 +177,9 @@ def set_up(cfg: TrainConfig, dist: DistInfo) -> tuple[Run, State]:
     }
     if ckpt is not None:
         check_same_data(ckpt.get("data_fingerprint"), fingerprint, cfg.resume)
-    check_memory(cfg, len(class_names), device)
+    check_memory(cfg, device)
     model, origin = _create_model(cfg, len(class_names))
+    check_memory(cfg, device, model)
     data_config = resolve_data_config(cfg, model)
     cfg = _resolve(cfg, data_config, world)
     loaders = create_loaders(cfg, data_config, train_set, val_set, dist.rank, world, pin_memory=device.type == "cuda")
