@@ -20,7 +20,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import yaml
-from train_utils import TINY_KWARGS, make_fashion_root
+from train_utils import REPO, TINY_KWARGS, make_fashion_root
 
 import fcvit.study
 import fcvit.train.train as train_module
@@ -306,6 +306,16 @@ def test_study_file_errors_name_the_file(tmp_path, change, message):
     with pytest.raises(StudyError, match=r"bad\.yaml") as e:
         load_study(path)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_committed_studies_load_with_the_papers_claims():
+    studies = {p.stem: load_study(p) for p in sorted((REPO / "configs" / "studies").glob("*.yaml"))}
+    assert {"mixers", "fcvit-ablation", "softmax-replacements"} <= set(studies)
+    claims = {name: {(c.arm, c.against): c.claim for c in s.comparisons} for name, s in studies.items()}
+    steps = {("gc_static", "gc_none"): 0.2, ("gc_dynamic", "gc_static"): 0.5, ("full", "gc_dynamic"): 0.2}
+    assert steps.items() <= claims["fcvit-ablation"].items()  # Table 3, step by step
+    assert claims["softmax-replacements"][("attn_ln_relu", "attn_softmax")] == -0.32  # 80.64 - 80.96
+    assert claims["mixers"][("pool", "fcvit")] == -3.7  # PoolFormer-S12 77.2 vs FCViT-B12 80.9
 
 
 STUDENT = ["--model", "test_deit_attn_softmax", "--model-kwargs"]
