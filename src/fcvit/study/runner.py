@@ -124,11 +124,9 @@ def run_command(argv: Sequence[str]) -> None:
     train_cli.register(commands)
     analysis_cli.register(commands)
     args = parser.parse_args(list(argv))
-    # `fcvit analyze` wraps its functions to print a bad input's error and return exit code 2; the function
-    # under that wrapper (functools.wraps keeps it as __wrapped__) raises the error itself
-    command = getattr(args.func, "__wrapped__", args.func)
-    if command(args):
-        raise RuntimeError(f"`fcvit {' '.join(argv[:2])}` exited with a non-zero code")
+    code = args.func(args)
+    if code:
+        raise RuntimeError(f"`fcvit {' '.join(argv[:2])}` exited with code {code} (its error is above in this log)")
 
 
 class StudyJob:
