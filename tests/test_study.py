@@ -1,27 +1,35 @@
-"""fcvit study: a two-arm, two-seed study runs, is killed, resumes to the same results and reports; the report's
-statistics on constructed numbers; study-file errors; DeiT distillation (token, loss, averaged heads at eval)."""
+"""fcvit study: a two-arm, two-seed study runs, is killed, resumes to the same results and reports; runs planned
+seed by seed; a run killed before its first checkpoint restarts; one `study run` of a study at a time; SIGTERM
+stops the runs and a rerun completes them; failures keep their reason; study-file errors; DeiT distillation
+(token, loss, averaged heads at eval). The report's statistics: test_study_stats.py."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import json
-import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 import yaml
-from train_utils import TINY_KWARGS, make_fashion_root
+from train_utils import REPO, TINY_KWARGS, make_fashion_root
 
+import fcvit.study
 import fcvit.train.train as train_module
 from fcvit.cli import main
 from fcvit.engine.checkpoint import load_checkpoint
 from fcvit.hub import load
 from fcvit.study import StudyError, load_study
-from fcvit.study.report import compare, copy_attention_grids, mean_std, report_study
-from fcvit.study.runner import ExecutorOptions, plan_runs, run_study
+from fcvit.study.report import copy_attention_grids, report_study
+from fcvit.study.runner import ExecutorOptions, plan_runs, run_study, study_lock
 from fcvit.train.distill import DistillationLoss
 
 needs_submitit = pytest.mark.skipif(
@@ -37,17 +45,13 @@ def fm_root(tmp_path_factory):
     return make_fashion_root(tmp_path_factory.mktemp("fm"), n_train=128, n_test=64)
 
 
-def _study_file(path, fm_root, **extra):
+def _study_file(path, fm_root, arms=None, **extra):
     common = dict(model="fcvit_tiny", model_kwargs=TINY_KWARGS, data_dir=str(fm_root), epochs=2, batch_size=32)
     common.update(checkpoint_every=2, model_ema=False, lr=5e-3, log_interval=100)
     study = dict(
-        seeds=2,
-        reference="a",
-        train=common,
-        arms=[dict(name="a"), dict(name="b", train=dict(lr=2e-3))],
-        **extra,
+        seeds=2, reference="a", train=common, arms=arms or [dict(name="a"), dict(name="b", train=dict(lr=2e-3))]
     )
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump({**study, **extra}))
     return path
 
 
@@ -109,8 +113,11 @@ def test_study_killed_resumes_to_the_uninterrupted_results_and_reports(fm_root, 
         rows = {r["arm"]: r for r in csv.DictReader(f)}
     tops = [s["top1"] for s in seeds]
     assert int(rows["a"]["n"]) == 2 and float(rows["a"]["top1_mean"]) == pytest.approx(sum(tops) / 2)
-    assert rows["a"]["verdict"] == "reference" and rows["b"]["verdict"] in ("higher", "lower", "inside the noise")
+    assert rows["a"]["verdict"] == "reference" and rows["b"]["verdict"] in ("higher", "lower", "undecided")
+    assert float(rows["b"]["ci_low"]) <= float(rows["b"]["top1_diff"]) <= float(rows["b"]["ci_high"])
     assert "Welch" in (tmp_path / "report" / "results.md").read_text()
+    with open(tmp_path / "report" / "runs.csv", newline="") as f:
+        assert [float(r["top1"]) for r in csv.DictReader(f) if r["arm"] == "a"] == tops
     for name in ("accuracy.png", "curves.png"):
         assert (tmp_path / "report" / name).stat().st_size > 5000
 
@@ -136,43 +143,136 @@ def test_report_copies_each_arms_first_attention_grid(tmp_path):
     assert (tmp_path / "out" / "attention_b.png").read_text() == "b 2 val000"
 
 
-def test_welch_test_and_spread_on_constructed_numbers():
-    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
-    m, s, n = mean_std([5.0])
-    assert (m, n) == (5.0, 1) and math.isnan(s)
-    a, b = [80.0, 81.0, 82.0], [70.0, 72.0, 71.5]
-    t = (81.0 - 71.1666667) / math.sqrt(1.0 / 3 + mean_std(b)[1] ** 2 / 3)
-    res = compare(a, b)
-    assert res["t"] == pytest.approx(t, rel=1e-5) and res["p"] < 1e-3 and res["verdict"] == "higher"
-    assert compare(b, a)["verdict"] == "lower"
-    noisy = compare([80.0, 83.0, 81.0], [81.0, 79.0, 82.5])
-    assert noisy["p"] > 0.5 and noisy["verdict"] == "inside the noise"
-    assert compare([80.0, 80.0], [79.0, 79.0])["verdict"] == "higher"  # no spread at all: any gap exceeds it
-    assert compare([80.0], [79.0, 78.0])["verdict"].startswith("n/a")
+def test_runs_are_planned_seed_by_seed_with_each_arms_count(fm_root, tmp_path):
+    arms = [dict(name="a", seeds=3), dict(name="b"), dict(name="c", seeds=1)]  # b: the study's 2
+    study = load_study(_study_file(tmp_path / "plan.yaml", fm_root, arms=arms))
+    assert [study.seeds_of(a) for a in study.arms] == [3, 2, 1]
+    runs = plan_runs(study, tmp_path / "root")
+    assert [r.label for r in runs] == ["a/seed0", "b/seed0", "c/seed0", "a/seed1", "b/seed1", "a/seed2"]
+    assert all(r.train_argv[r.train_argv.index("--seed") + 1] == str(r.seed) for r in runs)
+    # --seeds N: N seeds for every chosen arm, whatever the arm declares; --arms: in the order given
+    runs = plan_runs(study, tmp_path / "root", arms=["c", "a"], seeds=2)
+    assert [r.label for r in runs] == ["c/seed0", "a/seed0", "c/seed1", "a/seed1"]
 
 
-def test_report_on_constructed_runs(tmp_path):
-    study_dir = tmp_path / "s"
-    tops = {"ref": [70.0, 71.0, 72.0], "better": [80.0, 81.0, 82.0], "same": [70.5, 71.5, 70.0]}
-    arms = [dict(name=k, train={}, teacher=None, source=None) for k in tops]
-    study_dir.mkdir()
-    (study_dir / "study.json").write_text(json.dumps(dict(name="s", reference="ref", arms=arms)))
-    for arm, values in tops.items():
-        for k, top1 in enumerate(values):
-            d = study_dir / arm / f"seed{k}"
-            d.mkdir(parents=True)
-            summary = dict(model="m", params_m=1.0, top1=top1, best_top1=top1, best_epoch=k + 1, wall_time_s=10.0 * k)
-            summary["train_img_per_s"] = 100.0
-            (d / "summary.json").write_text(json.dumps(summary))
-            (d / "metrics.csv").write_text(f"epoch,val_top1\n1,{top1 - 10}\n2,{top1}\n")
-    result = report_study(study_dir)
-    rows = {r["arm"]: r for r in result["rows"]}
-    assert rows["better"]["top1_mean"] == pytest.approx(81.0) and rows["better"]["top1_std"] == pytest.approx(1.0)
-    assert rows["better"]["best_epoch_mean"] == 2.0 and rows["better"]["wall_time_s_mean"] == 10.0
-    assert rows["better"]["top1_diff"] == pytest.approx(10.0) and rows["better"]["verdict"] == "higher"
-    assert rows["same"]["verdict"] == "inside the noise" and rows["ref"]["verdict"] == "reference"
-    assert "| `better` | 3 | 1.000 | 81.00 ± 1.00 |" in result["table"]
-    assert (study_dir / "report" / "results.csv").is_file() and (study_dir / "report" / "curves.png").is_file()
+def test_a_run_killed_before_its_first_checkpoint_trains_again_from_scratch(fm_root, tmp_path, monkeypatch, capsys):
+    arms = [dict(name="a", train=dict(checkpoint_every=0))]  # its first checkpoint: after epoch 1 is logged
+    study = load_study(_study_file(tmp_path / "tiny.yaml", fm_root, seeds=1, arms=arms))
+    root = tmp_path / "root"
+    (run,) = plan_runs(study, root)
+
+    def die_before_saving(obj, path):
+        raise Killed
+
+    monkeypatch.setattr(train_module, "save_checkpoint", die_before_saving)
+    with pytest.raises(Killed):
+        main(list(run.train_argv))
+    monkeypatch.undo()
+    left = sorted(p.name for p in run.run_dir.iterdir())
+    assert left == ["config.yaml", "metrics.csv", "tb"] and run.status() == "restart"
+    (run.run_dir / "notes.txt").write_text("mine")  # not a run file: stays
+    assert main(list(run.train_argv)) == 1  # what `fcvit train` alone does with it
+    assert "already holds a run (config.yaml, metrics.csv)" in capsys.readouterr().err
+
+    assert run_study(study, root, options=ExecutorOptions(kind="debug")) == []
+    out = capsys.readouterr().out
+    assert "tiny/a/seed0: killed before its first checkpoint: its run files go, it trains from scratch" in out
+    assert "tiny/a/seed0: restarted from scratch (killed before its first checkpoint) and trained: top-1" in out
+    assert run.status() == "done" and (run.run_dir / "notes.txt").read_text() == "mine"
+    with open(run.run_dir / "metrics.csv", newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]  # the killed attempt's row is gone
+
+
+def test_a_second_study_run_of_the_same_study_is_refused(fm_root, tmp_path, capsys):
+    path = _study_file(tmp_path / "tiny.yaml", fm_root)
+    with study_lock(tmp_path / "root" / "tiny"):
+        assert main(["study", "run", str(path), "--root", str(tmp_path / "root")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"study tiny is being run by process {os.getpid()}" in err
+    assert not (tmp_path / "root" / "tiny" / "a").exists()  # refused before planning anything
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_submitit
+def test_sigterm_stops_the_runs_in_one_line_and_a_rerun_completes_them(fm_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    arms = [dict(name="bad", train=dict(data_dir=str(tmp_path / "missing"))), dict(name="a", train=dict(epochs=3))]
+    path = _study_file(tmp_path / "sig.yaml", fm_root, seeds=1, arms=arms, reference="a")
+    root, seen = tmp_path / "root", {}
+    config = root / "sig" / "a" / "seed0" / "config.yaml"
+
+    def stop_once_training() -> None:  # SIGTERM to this process, as `kill PID` gives it, once a/seed0 trains
+        deadline = time.monotonic() + 600
+        while not config.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["pids"] = _descendants(os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    late = signal.signal(signal.SIGTERM, lambda *args: seen.setdefault("late", True))  # if it came after the end
+    try:
+        threading.Thread(target=stop_once_training, daemon=True).start()
+        code = main(["study", "run", str(path), "--root", str(root), "--threads", "1", "--parallel", "1"])
+    finally:
+        signal.signal(signal.SIGTERM, late)
+    out, err = capsys.readouterr()
+    assert code == 143 and "late" not in seen, out + err
+    # the failed run's reason: the last line of its job's log, also in its failed.json for `study report`
+    assert "sig/bad/seed0: FAILED: FileNotFoundError: " in out
+    failed = json.loads((root / "sig" / "bad" / "seed0" / "failed.json").read_text())
+    assert failed["reason"].startswith("FileNotFoundError: ") and failed["log"].endswith("_log.err")
+    lines = [line for line in err.splitlines() if "stopped by" in line]
+    assert lines == [
+        f"fcvit study run: stopped by SIGTERM with 1 job(s) running, now stopped: rerun `fcvit study run {path}` "
+        "to resume"
+    ]
+    assert "Traceback" not in err
+    assert seen["pids"] and not [p for p in seen["pids"] if _running(p)]  # the job's controller and training
+
+    study = load_study(path)
+    (run,) = [r for r in plan_runs(study, root) if r.arm == "a"]
+    assert run.status() in ("resume", "restart")
+    assert run_study(study, root, arms=["a"], options=ExecutorOptions(kind="debug")) == []  # the lock was released
+    assert run.status() == "done"
+    table = report_study(root / "sig")["table"]
+    assert f"- `bad/seed0`: failed: {failed['reason']}" in table
+
+
+def test_the_study_package_never_imports_the_cli():
+    package = Path(fcvit.study.__file__).parent
+    imported = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = "fcvit.study".split(".")[: 2 - node.level + 1] if node.level else []
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                imported |= {module} | {f"{module}.{a.name}" for a in node.names}
+    assert "fcvit.train.cli" in imported and "fcvit.analysis.cli" in imported  # the commands, called directly
+    assert "fcvit.cli" not in imported
 
 
 @pytest.mark.parametrize(
@@ -186,6 +286,18 @@ def test_report_on_constructed_runs(tmp_path):
         (dict(arms=[dict(name="a", source=dict(study="s", arm="x"))]), "needs an 'analysis'"),
         (dict(arms=[dict(name="a")], analysis=dict(maps={})), "unknown key(s) ['maps']"),
         (dict(arms=[dict(name="a")], sedes=2), "unknown key(s) ['sedes']"),
+        (dict(arms=[dict(name="a", seeds=0)]), "'seeds' must be a positive integer"),
+        (dict(arms=[dict(name="a")], comparisons=[dict(arm="z")]), "arm 'z' is not an arm"),
+        (
+            dict(arms=[dict(name="a"), dict(name="b")], comparisons=[dict(arm="b", against="a", claim="big")]),
+            "'claim' must be a number",
+        ),  # fmt: skip
+        (dict(arms=[dict(name="a")], comparisons=[dict(arm="a")]), "compares arm 'a' with itself"),
+        (
+            dict(arms=[dict(name="a"), dict(name="b")], comparisons=[dict(arm="b"), dict(arm="b", against="a")]),
+            "b against a is declared twice",
+        ),  # fmt: skip
+        (dict(arms=[dict(name="a"), dict(name="b")], comparisons=[dict(arm="b", clam=1)]), "unknown key(s) ['clam']"),
     ],
 )
 def test_study_file_errors_name_the_file(tmp_path, change, message):
@@ -194,6 +306,16 @@ def test_study_file_errors_name_the_file(tmp_path, change, message):
     with pytest.raises(StudyError, match=r"bad\.yaml") as e:
         load_study(path)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_committed_studies_load_with_the_papers_claims():
+    studies = {p.stem: load_study(p) for p in sorted((REPO / "configs" / "studies").glob("*.yaml"))}
+    assert {"mixers", "fcvit-ablation", "softmax-replacements"} <= set(studies)
+    claims = {name: {(c.arm, c.against): c.claim for c in s.comparisons} for name, s in studies.items()}
+    steps = {("gc_static", "gc_none"): 0.2, ("gc_dynamic", "gc_static"): 0.5, ("full", "gc_dynamic"): 0.2}
+    assert steps.items() <= claims["fcvit-ablation"].items()  # Table 3, step by step
+    assert claims["softmax-replacements"][("attn_ln_relu", "attn_softmax")] == -0.32  # 80.64 - 80.96
+    assert claims["mixers"][("pool", "fcvit")] == -3.7  # PoolFormer-S12 77.2 vs FCViT-B12 80.9
 
 
 STUDENT = ["--model", "test_deit_attn_softmax", "--model-kwargs"]

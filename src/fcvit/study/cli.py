@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import non_negative_int, positive_int
+
 
 def run_run(args: argparse.Namespace) -> int:
-    from .runner import ExecutorOptions, run_study
+    from .runner import ExecutorOptions, StudyStopped, run_study
     from .study import load_study
 
     study = load_study(args.study)
@@ -22,7 +24,11 @@ def run_run(args: argparse.Namespace) -> int:
         partition=args.partition,
         timeout_min=args.timeout,
     )
-    failed = run_study(study, args.root, args.arms, args.seeds, options)
+    try:
+        failed = run_study(study, args.root, args.arms, args.seeds, options)
+    except StudyStopped as e:
+        print(f"fcvit study run: {e}", file=sys.stderr)
+        return e.exit_code
     if failed:
         print(f"fcvit study run: {len(failed)} run(s) failed: {', '.join(failed)}; rerun to retry", file=sys.stderr)
         return 1
@@ -45,14 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-measure a claim: a grid of training runs (arms x seeds) through submitit, and its report",
         description="A study (configs/studies/*.yaml) is a list of arms, each a set of `fcvit train` config keys, "
         "times seeds. Every run is an ordinary run directory ROOT/STUDY/ARM/seedK; rerunning `fcvit study run` "
-        "skips finished runs and resumes killed ones from their last checkpoint.",
+        "skips finished runs, resumes killed ones from their last checkpoint and restarts those killed before "
+        "their first. One `fcvit study run` of a study at a time; Ctrl-C or SIGTERM stops it and its runs.",
     )
     sub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
 
     r = sub.add_parser("run", help="run what is missing of a study (finished runs are skipped, killed ones resumed)")
     r.add_argument("study", metavar="STUDY.yaml", help="the study file")
     r.add_argument("--arms", nargs="+", metavar="NAME", help="run these arms only (default: all)")
-    r.add_argument("--seeds", type=int, metavar="N", help="seeds per arm (default: the study's)")
+    r.add_argument("--seeds", type=positive_int, metavar="N", help="seeds per arm (default: the study's)")
     r.add_argument("--root", default="studies", help="parent of study directories [default: studies]")
     r.add_argument(
         "--executor",
@@ -61,8 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="submitit executor: 'local' (subprocesses here), 'slurm' (one job array, DDP per run), "
         "'debug' (in this process, pdb on an error) [default: local]",
     )
-    r.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default) [default: 0]")
-    r.add_argument("--parallel", type=int, default=1, help="runs at once with the local executor [default: 1]")
+    r.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch threads per run (0: torch's default) [default: 0]"
+    )
+    r.add_argument("--parallel", type=positive_int, default=1, help="runs at once with the local executor [default: 1]")
     r.add_argument("--nodes", type=int, default=1, help="nodes per run (slurm) [default: 1]")
     r.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one DDP task each [default: 0]")
     r.add_argument(
@@ -73,7 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--timeout", type=int, default=24 * 60, help="minutes per job; slurm requeues it [default: 1440]")
     r.set_defaults(func=run_run)
 
-    s = sub.add_parser("report", help="per arm mean ± std over seeds, Welch's test against the reference, plots")
+    s = sub.add_parser(
+        "report",
+        help="per arm mean ± std over seeds; per comparison the difference, its 95%% CI, the minimum detectable "
+        "difference and a verdict against the paper's claim; plots",
+    )
     s.add_argument("study_dir", metavar="STUDY_DIR", help="the study's directory (ROOT/STUDY)")
-    s.add_argument("--output", help="folder of results.csv, results.md and the plots [default: STUDY_DIR/report]")
+    s.add_argument(
+        "--output", help="folder of results.csv, runs.csv, results.md and the plots [default: STUDY_DIR/report]"
+    )
     s.set_defaults(func=run_report)

@@ -1,31 +1,56 @@
-"""``fcvit study report``: per arm mean ± std over seeds, the difference to the reference arm against the seed
-spread (Welch's t-test), ``results.csv``, a Markdown table and plots.
+"""``fcvit study report``: per arm mean ± std over seeds, each comparison's difference with its 95 % confidence
+interval, the smallest difference the seeds could detect, and a verdict; ``results.csv``, ``runs.csv``, a
+Markdown table and plots.
 
-Welch's t-test (:func:`scipy.stats.ttest_ind` with ``equal_var=False``) asks whether two arms' mean top-1 differ
-by more than their seed-to-seed spread explains, without assuming equal spreads; a difference is called
-significant at p < 0.05. With 3 seeds per arm the test has little power: "inside the noise" says that the seeds
-do not separate the arms, not that the arms are equal.
+A comparison is an arm against the reference arm, or a pair declared in the study file (an ablation's
+consecutive steps), optionally with the paper's claimed difference. With the two arms' final top-1 over seeds
+(means m1, m2, sample variances s1², s2², counts n1, n2):
+
+- difference d = m1 - m2, standard error SE = sqrt(s1²/n1 + s2²/n2) (Welch: the spreads may differ);
+- Welch-Satterthwaite degrees of freedom df = SE⁴ / ((s1²/n1)² / (n1 - 1) + (s2²/n2)² / (n2 - 1));
+- 95 % confidence interval d ± t(0.975, df) · SE, and Welch's two-sided p (:func:`scipy.stats.ttest_ind` with
+  ``equal_var=False``, which gives t, p, df and the interval);
+- minimum detectable difference at 80 % power, two-sided alpha 0.05: MDD = (t(0.975, df) + t(0.80, df)) · SE,
+  t(q, df) being Student's t quantile (:data:`scipy.stats.t`): a true difference of MDD is found (the interval
+  excludes 0) in 80 % of repetitions of the study;
+- verdict: ``higher`` / ``lower`` when the interval excludes 0; ``equal within ±X`` when it lies inside
+  ± |claim| (X: the larger end of the interval in absolute value, 2 decimals), so that the paper's effect is ruled
+  out at this scale; otherwise ``undecided`` (the seeds neither separate the arms nor rule the claim out).
+
+When neither arm has any spread (every seed the same top-1) SE is 0: the interval is the difference itself.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shutil
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.atomic import atomic_write_text
+from .runner import FAILED
 from .study import StudyError
 
-__all__ = ["ALPHA", "ArmResult", "MEASURES", "compare", "mean_std", "report_study"]
+__all__ = ["ALPHA", "POWER", "ArmResult", "MEASURES", "compare", "mean_std", "report_study"]
 
-ALPHA = 0.05
+ALPHA = 0.05  # two-sided: 95 % confidence intervals
+POWER = 0.8  # of the minimum detectable difference
 # summary.json key -> column name
 MEASURES = {"top1": "top1", "best_epoch": "best_epoch", "wall_time_s": "wall_time_s", "train_img_per_s": "img_per_s"}
+# summary.json key -> runs.csv column: one row per finished run, the record the tables are computed from
+RUN_COLUMNS = {
+    "top1": "top1",
+    "best_top1": "best_top1",
+    "best_epoch": "best_epoch",
+    "wall_time_s": "wall_time_s",
+    "train_img_per_s": "img_per_s",
+}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -36,32 +61,60 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs)
 
 
-def compare(values: Sequence[float], reference: Sequence[float], alpha: float = ALPHA) -> dict[str, Any]:
-    """Welch's t-test of ``values`` against ``reference``: the difference of means, t, p and the verdict
-    (``higher``/``lower`` when p < alpha, ``inside the noise`` otherwise, ``n/a`` with fewer than 2 per side)."""
+def verdict(ci_low: float, ci_high: float, claim: float | None) -> str:
+    """``higher``/``lower`` (the interval excludes 0), ``equal within ±X`` (it lies inside ± |claim|), else
+    ``undecided``."""
+    if ci_low > 0:
+        return "higher"
+    if ci_high < 0:
+        return "lower"
+    bound = max(abs(ci_low), abs(ci_high))
+    if claim is not None and bound < abs(claim):
+        return f"equal within ±{bound:.2f}"
+    return "undecided"
+
+
+def compare(
+    values: Sequence[float], reference: Sequence[float], claim: float | None = None, alpha: float = ALPHA
+) -> dict[str, Any]:
+    """``values`` against ``reference`` (the module docstring has the formulas): the difference of means ``diff``,
+    Welch's ``t``, ``p`` and ``df``, the interval ``ci_low``..``ci_high``, ``mdd`` and the ``verdict`` (``n/a``
+    with fewer than 2 values on a side)."""
+    from scipy.stats import t as student_t
     from scipy.stats import ttest_ind
 
-    diff = mean_std(values)[0] - mean_std(reference)[0]
-    if len(values) < 2 or len(reference) < 2:
-        return dict(diff=diff, t=math.nan, p=math.nan, verdict="n/a (needs 2 seeds per arm)")
-    if statistics.pvariance(values) == 0 and statistics.pvariance(reference) == 0:
-        p = 1.0 if diff == 0 else 0.0  # no spread at all: any difference is beyond it
-        t = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    a, b = mean_std(values), mean_std(reference)
+    diff = a[0] - b[0]
+    result = dict(diff=diff, t=math.nan, p=math.nan, df=math.nan, ci_low=math.nan, ci_high=math.nan, mdd=math.nan)
+    if a[2] < 2 or b[2] < 2:
+        return dict(result, verdict="n/a (needs 2 seeds per arm)")
+    se = math.sqrt(a[1] ** 2 / a[2] + b[1] ** 2 / b[2])
+    if se == 0:  # no spread at all: any difference is beyond it
+        result.update(p=float(diff == 0), t=0.0 if diff == 0 else math.copysign(math.inf, diff))
+        result.update(ci_low=diff, ci_high=diff, mdd=0.0)
     else:
-        t, p = (float(v) for v in ttest_ind(values, reference, equal_var=False))
-    verdict = "inside the noise" if not p < alpha else ("higher" if diff > 0 else "lower")
-    return dict(diff=diff, t=t, p=p, verdict=verdict)
+        test = ttest_ind(values, reference, equal_var=False)
+        ci = test.confidence_interval(1 - alpha)
+        df = float(test.df)
+        mdd = (student_t.ppf(1 - alpha / 2, df) + student_t.ppf(POWER, df)) * se
+        result.update(t=float(test.statistic), p=float(test.pvalue), df=df, mdd=float(mdd))
+        result.update(ci_low=float(ci.low), ci_high=float(ci.high))
+    return dict(result, verdict=verdict(result["ci_low"], result["ci_high"], claim))
 
 
 @dataclass
 class ArmResult:
-    """One arm's runs: the summaries and metrics of its seeds and, for analysis studies, their statistics."""
+    """One arm's runs: the summaries and metrics of its seeds and, for analysis studies, their statistics; and the
+    seed directories that are not counted (or failed after training), each with why."""
 
     name: str
     seeds: list[str]
     summaries: list[dict[str, Any]]
     curves: list[list[dict[str, str]]]
     stats: list[list[dict[str, Any]]]  # per seed: the layers of analysis/stats/stats.json
+    failed: dict[str, str] = field(default_factory=dict)  # seed -> the failure's reason (its job log's last line)
+    unreadable: dict[str, str] = field(default_factory=dict)  # seed -> which file could not be read, and why
+    unfinished: list[str] = field(default_factory=list)  # seeds without summary.json that did not fail
 
     def values(self, key: str) -> list[float]:
         return [float(s[key]) for s in self.summaries if s.get(key) is not None]
@@ -80,33 +133,93 @@ def _trained_dir(study: dict[str, Any], arm: dict[str, Any], study_dir: Path, se
     return seed_dir
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_run(
+    trained: Path, seed_dir: Path, root: Path
+) -> tuple[dict[str, Any], list[dict[str, str]], list | None] | str | None:
+    """A finished run's summary, validation curve and attention statistics (``seed_dir``'s, None without);
+    None when it has not finished (no ``summary.json``); a one-line reason, naming the file relative to ``root``,
+    when a file of it cannot be read."""
+
+    def unreadable(path: Path, why: str) -> str:
+        return f"{path.relative_to(root) if path.is_relative_to(root) else path}: {why}"
+
+    path = trained / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return unreadable(path, str(e))
+    if not isinstance(summary, dict) or not _number(summary.get("top1")):
+        return unreadable(path, "no numeric 'top1' (not a summary of `fcvit train`)")
+    path = trained / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            curve = list(csv.DictReader(f))
+        for row in curve:
+            int(row["epoch"])
+            if row.get("val_top1") not in (None, ""):
+                float(row["val_top1"])
+    except OSError as e:
+        return unreadable(path, e.strerror or str(e))
+    except (ValueError, KeyError, TypeError, csv.Error) as e:
+        return unreadable(path, f"{type(e).__name__}: {e}")
+    path = seed_dir / "analysis" / "stats" / "stats.json"
+    if not path.is_file():
+        return summary, curve, None
+    layers = _read_json(path)
+    if not isinstance(layers, dict) or not isinstance(layers.get("layers"), list):
+        return unreadable(path, "not valid JSON with a 'layers' list")
+    return summary, curve, layers["layers"]
+
+
+def _failure(seed_dir: Path) -> str | None:
+    """The reason recorded in ``seed_dir/failed.json`` by ``fcvit study run``, None if the run did not fail."""
+    path = seed_dir / FAILED
+    if not path.is_file():
+        return None
+    record = _read_json(path)
+    return str(record.get("reason")) if isinstance(record, dict) else f"({path} unreadable)"
+
+
 def collect(study_dir: Path) -> tuple[dict[str, Any], list[ArmResult]]:
-    """The study description (``study.json``) and the finished runs of each arm under ``study_dir``."""
+    """The study description (``study.json``) and the runs of each arm under ``study_dir``: the finished ones and
+    those that failed, could not be read or have not finished."""
     study = _read_json(study_dir / "study.json")
     if study is None:
         raise StudyError(f"{study_dir} holds no study.json: not a study directory (fcvit study run writes it)")
     results = []
     for arm in study["arms"]:
-        seeds, summaries, curves, stats = [], [], [], []
+        result = ArmResult(arm["name"], [], [], [], [])
         for seed_dir in _seed_dirs(study_dir / arm["name"]):
-            trained = _trained_dir(study, arm, study_dir, seed_dir)
-            summary = _read_json(trained / "summary.json")
-            if summary is None:
-                continue
-            seeds.append(seed_dir.name)
-            summaries.append(summary)
-            with open(trained / "metrics.csv", newline="") as f:
-                curves.append(list(csv.DictReader(f)))
-            layers = _read_json(seed_dir / "analysis" / "stats" / "stats.json")
-            if layers is not None:
-                stats.append(layers["layers"])
-        results.append(ArmResult(arm["name"], seeds, summaries, curves, stats))
+            failure = _failure(seed_dir)
+            if failure is not None:
+                result.failed[seed_dir.name] = failure
+            run = read_run(_trained_dir(study, arm, study_dir, seed_dir), seed_dir, study_dir.parent)
+            if isinstance(run, str):
+                result.unreadable[seed_dir.name] = run
+            elif run is None:
+                if failure is None:
+                    result.unfinished.append(seed_dir.name)
+            else:
+                summary, curve, layers = run
+                result.seeds.append(seed_dir.name)
+                result.summaries.append(summary)
+                result.curves.append(curve)
+                if layers is not None:
+                    result.stats.append(layers)
+        results.append(result)
     return study, results
 
 
 def _seed_dirs(arm_dir: Path) -> list[Path]:
     """An arm's ``seed<k>`` run directories in seed order (seed10 after seed2)."""
-    return sorted(arm_dir.glob("seed*"), key=lambda p: int(p.name[4:] or 0))
+    dirs = [p for p in arm_dir.glob("seed*") if p.is_dir() and p.name[4:].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[4:]))
 
 
 def _fmt(mean: float, std: float, digits: int) -> str:
@@ -115,33 +228,102 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def _rows(study: dict[str, Any], results: list[ArmResult]) -> list[dict[str, Any]]:
-    reference = next(r for r in results if r.name == study["reference"])
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {"arm": r.name, "n": len(r.summaries), "seeds": " ".join(r.seeds)}
-        if r.summaries:
-            row["model"] = r.summaries[0].get("model", "")
-            row["params_m"] = r.summaries[0].get("params_m")
-        for key, col in MEASURES.items():
-            row[f"{col}_mean"], row[f"{col}_std"], _ = mean_std(r.values(key))
-        test = compare(r.values("top1"), reference.values("top1"))
-        if r.name == reference.name:
-            test = dict(diff=0.0, t=math.nan, p=math.nan, verdict="reference")
-        row.update(top1_diff=test["diff"], welch_t=test["t"], welch_p=test["p"], verdict=test["verdict"])
-        rows.append(row)
-    return rows
+def comparisons(study: dict[str, Any], names: Sequence[str]) -> list[tuple[str, str, float | None]]:
+    """(arm, against, claim) of every comparison of the report: each arm against the reference (with the claim
+    declared for that pair), then the declared pairs of other arms, in the study file's order."""
+    reference = study["reference"]
+    declared: dict[tuple[str, str], float | None] = {}
+    for c in study.get("comparisons", []):
+        if c["arm"] not in names or c["against"] not in names:
+            raise StudyError(f"study.json: comparison {c['arm']} against {c['against']} names an arm it does not hold")
+        declared[(c["arm"], c["against"])] = c.get("claim")
+    pairs = [(n, reference, declared.pop((n, reference), None)) for n in names if n != reference]
+    return pairs + [(a, b, claim) for (a, b), claim in declared.items()]
 
 
-def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The results as a Markdown table: mean ± std over seeds, and Welch's test against the reference arm."""
+def _arm_columns(r: ArmResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"arm": r.name, "n": len(r.summaries), "seeds": " ".join(r.seeds)}
+    if r.summaries:
+        row["model"] = r.summaries[0].get("model", "")
+        row["params_m"] = r.summaries[0].get("params_m")
+    for key, col in MEASURES.items():
+        row[f"{col}_mean"], row[f"{col}_std"], _ = mean_std(r.values(key))
+    return row
+
+
+def _test_columns(test: dict[str, Any], against: str, claim: float | None) -> dict[str, Any]:
+    return dict(
+        top1_diff=test["diff"],
+        welch_t=test["t"],
+        welch_p=test["p"],
+        verdict=test["verdict"],
+        against=against,
+        claim=claim,
+        ci_low=test["ci_low"],
+        ci_high=test["ci_high"],
+        mdd=test["mdd"],
+        welch_df=test["df"],
+    )
+
+
+def _rows(study: dict[str, Any], results: list[ArmResult]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One row per arm (against the reference) and one per declared pair of two other arms; each with the arm's
+    columns (mean ± std over seeds), the comparison's and the seeds that failed or could not be read."""
+    by_name = {r.name: r for r in results}
+    reference = study["reference"]
+    untested = dict(diff=0.0, t=math.nan, p=math.nan, df=math.nan, ci_low=math.nan, ci_high=math.nan, mdd=math.nan)
+    tested = {
+        (arm, against): (claim, compare(by_name[arm].values("top1"), by_name[against].values("top1"), claim))
+        for arm, against, claim in comparisons(study, list(by_name))
+    }
+
+    def row(r: ArmResult, against: str) -> dict[str, Any]:
+        claim, test = tested.get((r.name, against), (None, dict(untested, verdict="reference")))
+        columns = {**_arm_columns(r), **_test_columns(test, "" if r.name == against else against, claim)}
+        return dict(columns, failed=" ".join(r.failed), unreadable=" ".join(r.unreadable))
+
+    arms = [row(r, reference) for r in results]
+    steps = [row(by_name[arm], against) for arm, against in tested if against != reference]
+    return arms, steps
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.2f}"
+
+
+def _test_cells(r: dict[str, Any]) -> list[str]:
+    """Δ top-1, 95 % CI, MDD, p, claim and verdict of a row, as table cells."""
+    ci = "-" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+    return [
+        _signed(r["top1_diff"]),
+        ci,
+        "-" if math.isnan(r["mdd"]) else f"{r['mdd']:.2f}",
+        "-" if math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}",
+        _signed(r["claim"]),
+        r["verdict"],
+    ]
+
+
+TEST_HEADER = "Δ top-1 | 95 % CI | MDD | p (Welch) | claim | verdict"
+
+
+def markdown_table(
+    study: dict[str, Any],
+    rows: list[dict[str, Any]],
+    steps: Sequence[dict[str, Any]] = (),
+    results: Sequence[ArmResult] = (),
+) -> str:
+    """The results as Markdown: mean ± std over seeds per arm and each comparison (against the reference, then the
+    declared pairs of other arms); then the runs that failed, could not be read or have not finished."""
     lines = [
         f"Study `{study['name']}`: mean ± std over seeds (n runs); top-1 of the final weights on the validation "
-        f"split. Last column: Welch's t-test of top-1 against the reference arm `{study['reference']}` "
-        f"(p < {ALPHA}: the difference exceeds the seed spread).",
+        f"split. Δ top-1: difference of mean top-1 to the reference arm `{study['reference']}` (or to `against`); "
+        f"95 % CI: Welch's confidence interval of that difference; MDD: the smallest difference these seeds "
+        f"detect with {POWER * 100:.0f} % power (two-sided alpha {ALPHA}); claim: the paper's difference. Verdict: "
+        "higher/lower (the interval excludes 0), equal within ±X (the interval lies inside ± the claim), undecided.",
         "",
-        "| arm | n | params (M) | top-1 (%) | best epoch | wall time (s) | img/s | Δ top-1 | p (Welch) | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| arm | n | params (M) | top-1 (%) | best epoch | wall time (s) | img/s | {TEST_HEADER} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         params = r.get("params_m")
@@ -153,11 +335,34 @@ def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             _fmt(r["best_epoch_mean"], r["best_epoch_std"], 1),
             _fmt(r["wall_time_s_mean"], r["wall_time_s_std"], 0),
             _fmt(r["img_per_s_mean"], r["img_per_s_std"], 0),
-            "-" if math.isnan(r["top1_diff"]) else f"{r['top1_diff']:+.2f}",
-            "-" if math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}",
-            r["verdict"],
+            *_test_cells(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if steps:
+        n = {r["arm"]: r["n"] for r in rows}
+        lines += [
+            "",
+            "Declared comparisons between other arms (e.g. an ablation's consecutive steps): `arm` against `against`.",
+            "",
+            f"| arm | against | n | {TEST_HEADER} |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in steps:
+            cells = [f"`{r['arm']}`", f"`{r['against']}`", f"{n[r['arm']]} vs {n[r['against']]}", *_test_cells(r)]
+            lines.append("| " + " | ".join(cells) + " |")
+    missing = [
+        f"- `{r.name}/{seed}`: {what}"
+        for r in results
+        for seed, what in sorted(
+            [(s, f"failed: {why}") for s, why in r.failed.items()]
+            + [(s, f"could not be read: {why}") for s, why in r.unreadable.items()]
+            + [(s, "not finished (no summary.json)") for s in r.unfinished],
+            key=lambda item: int(item[0][4:]),
+        )
+    ]
+    if missing:
+        lines += ["", "Runs that failed, could not be read or have not finished (not counted unless they trained):", ""]
+        lines += missing
     return "\n".join(lines) + "\n"
 
 
@@ -257,27 +462,40 @@ def plot_depth(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """``rows`` as CSV (columns: every key, in first-seen order), written atomically."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def run_rows(results: list[ArmResult]) -> list[dict[str, Any]]:
+    """One row per finished run (arm, seed and its summary's measures): what every table is computed from."""
+    return [
+        {"arm": r.name, "seed": int(seed[4:]), **{col: summary.get(key) for key, col in RUN_COLUMNS.items()}}
+        for r in results
+        for seed, summary in zip(r.seeds, r.summaries)
+    ]
 
 
 def report_study(study_dir: str | Path, output: str | Path | None = None) -> dict[str, Any]:
-    """Write ``results.csv``, ``results.md``, ``accuracy.png``, ``curves.png`` (and for analysis studies
-    ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) to ``output`` (default ``STUDY_DIR/report``); returns
-    the rows and paths."""
+    """Write ``results.csv``, ``runs.csv``, ``results.md``, ``accuracy.png``, ``curves.png`` (and for analysis
+    studies ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) to ``output`` (default ``STUDY_DIR/report``);
+    returns the rows (``rows``: one per arm, ``steps``: the declared pairs of other arms, ``runs``) and paths."""
     study_dir = Path(study_dir)
     study, results = collect(study_dir)
     if not any(r.summaries for r in results):
         raise StudyError(f"{study_dir}: no finished run yet (no summary.json under its arms)")
     out = Path(output) if output else study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(study, results)
-    _write_csv(rows, out / "results.csv")
-    table = markdown_table(study, rows)
-    files = ["results.csv", "results.md", "accuracy.png", "curves.png"]
+    rows, steps = _rows(study, results)
+    runs = run_rows(results)
+    _write_csv(rows + steps, out / "results.csv")
+    _write_csv(runs, out / "runs.csv")
+    table = markdown_table(study, rows, steps, results)
+    files = ["results.csv", "runs.csv", "results.md", "accuracy.png", "curves.png"]
     plot_accuracy(rows, results, out / "accuracy.png", f"{study['name']}: top-1 per arm (mean ± std, seeds)")
     plot_curves(results, out / "curves.png", f"{study['name']}: validation top-1")
     depth = depth_rows(results)
@@ -287,8 +505,8 @@ def report_study(study_dir: str | Path, output: str | Path | None = None) -> dic
         files += ["depth.csv", "depth.png"]
         table += "\n" + depth_table(depth)
     files += copy_attention_grids(study_dir, out)
-    (out / "results.md").write_text(table)
-    return dict(rows=rows, depth=depth, table=table, output=str(out), files=files)
+    atomic_write_text(out / "results.md", table)
+    return dict(rows=rows, steps=steps, runs=runs, depth=depth, table=table, output=str(out), files=files)
 
 
 def copy_attention_grids(study_dir: Path, out: Path) -> list[str]:

@@ -15,9 +15,15 @@
         teacher: {study: mixers, arms: [convnext_atto, resnet18]}
       - name: plain                   # no training: analyse the runs of another study's arm
         source: {study: softmax-replacements, arm: attn_softmax}
+    comparisons:                      # optional: the paper's claims, and comparisons beside those with `reference`
+      - {arm: plain, claim: -0.4}                       # against `reference` (the default `against`)
+      - {arm: distilled, against: plain, claim: +0.5}   # another pair (e.g. an ablation's consecutive steps)
     analysis:                         # after training, on each run's final weights (checkpoint-last.pth)
       stats: {limit: 1000, batch_size: 50}    # `fcvit analyze stats` on the validation split
       attention: {images: 4}                  # `fcvit analyze attention` (Fig. 2 grids) on the first N val images
+
+The report compares every arm with ``reference``; ``comparisons`` gives such a pair the paper's claimed difference
+(``claim``: mean top-1 of ``arm`` minus that of ``against``, in points) or adds a pair of two other arms.
 
 Every error is one line naming the file and the entry.
 """
@@ -25,6 +31,7 @@ Every error is one line naming the file and the entry.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +40,7 @@ from typing import Any
 from ..engine.config import read_yaml_mapping
 from ..train.config import load_config
 
-__all__ = ["ANALYSES", "Arm", "Study", "StudyError", "load_study"]
+__all__ = ["ANALYSES", "Arm", "Comparison", "Study", "StudyError", "load_study"]
 
 ANALYSES = {"stats": ("limit", "batch_size"), "attention": ("images", "block", "heads")}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -62,8 +69,19 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """The report's test of ``arm`` against ``against``; ``claim`` is the paper's difference of their top-1
+    (``arm`` minus ``against``, in points), None where the paper gives none."""
+
+    arm: str
+    against: str
+    claim: float | None = None
+
+
+@dataclass(frozen=True)
 class Study:
-    """A declared study; :func:`load_study` builds and checks it."""
+    """A declared study; :func:`load_study` builds and checks it. ``comparisons`` are the declared ones only (the
+    report adds every arm against ``reference`` that is not declared)."""
 
     name: str
     arms: tuple[Arm, ...]
@@ -71,6 +89,7 @@ class Study:
     reference: str = ""
     description: str = ""
     analysis: dict[str, dict[str, Any]] = field(default_factory=dict)
+    comparisons: tuple[Comparison, ...] = ()
     path: str = ""
 
     def arm(self, name: str) -> Arm:
@@ -150,10 +169,39 @@ def _arm(entry: Any, common: dict[str, Any], where: str) -> Arm:
     return Arm(name, train=train, teacher=teacher, seeds=seeds)
 
 
+def _comparisons(value: Any, names: list[str], reference: str, path: str) -> tuple[Comparison, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise StudyError(f"{path}: 'comparisons' must be a list of {{arm: A, against: B, claim: X}}")
+    comparisons: list[Comparison] = []
+    for i, entry in enumerate(value):
+        where = f"{path}: comparisons[{i}]"
+        entry = _mapping(entry, where)
+        _keys(entry, ("arm", "against", "claim"), where)
+        arm, against, claim = entry.get("arm"), entry.get("against", reference), entry.get("claim")
+        for key, arm_name in (("arm", arm), ("against", against)):
+            if arm_name not in names:
+                raise StudyError(f"{where}: {key} {arm_name!r} is not an arm ({', '.join(names)})")
+        if arm == against:
+            raise StudyError(f"{where}: compares arm {arm!r} with itself")
+        if claim is not None and (
+            not isinstance(claim, (int, float)) or isinstance(claim, bool) or not math.isfinite(claim)
+        ):
+            raise StudyError(
+                f"{where}: 'claim' must be a number (the paper's top-1 of {arm} minus {against}, in points), "
+                f"got {claim!r}"
+            )
+        if any((c.arm, c.against) == (arm, against) for c in comparisons):
+            raise StudyError(f"{where}: {arm} against {against} is declared twice")
+        comparisons.append(Comparison(arm, against, None if claim is None else float(claim)))
+    return tuple(comparisons)
+
+
 def study_from_dict(data: Any, path: str, name: str | None = None) -> Study:
     """The :class:`Study` of a parsed YAML document (``path`` names it in errors)."""
     data = _mapping(data, path)
-    _keys(data, ("name", "description", "seeds", "reference", "train", "arms", "analysis"), path)
+    _keys(data, ("name", "description", "seeds", "reference", "train", "arms", "comparisons", "analysis"), path)
     name = data.get("name", name)
     if not isinstance(name, str) or not _NAME.match(name):
         raise StudyError(f"{path}: 'name' must be a folder-safe name (letters, digits, _ . -), got {name!r}")
@@ -186,6 +234,7 @@ def study_from_dict(data: Any, path: str, name: str | None = None) -> Study:
         reference=reference,
         description=str(data.get("description", "")),
         analysis=checked,
+        comparisons=_comparisons(data.get("comparisons"), names, reference, path),
         path=path,
     )
 
