@@ -35,16 +35,17 @@ def accepted_arguments(name: str) -> list[str]:
     return list(dict.fromkeys(accepted))
 
 
-def create(name: str, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+def create(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` with one-line errors for the user's part: an unknown name (with the
     closest registered names) and keyword arguments the model does not take (with the ones it does).
 
-    ``img_size`` goes to the models that fix their input size at construction (:func:`has_fixed_input_size`)
-    and is ignored by the others, which take any size.
+    ``img_size`` (the input size) goes to the models that fix their input size at construction
+    (:func:`has_fixed_input_size`) and not to the others, which take any size.
     """
     check_model_name(name)
+    img_size = kwargs.pop("img_size", None)
     if img_size and has_fixed_input_size(name):
-        kwargs.setdefault("img_size", img_size)
+        kwargs["img_size"] = img_size
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:

@@ -244,7 +244,7 @@ def load(
     if img_size and saved and img_size != saved["input_size"][-1]:
         overrides.append(f"--img-size {img_size} (the checkpoint records {saved['input_size'][-1]})")
     size = img_size or (saved["input_size"][-1] if saved else None)
-    net = create(name, img_size=size, num_classes=classes, in_chans=chans, **kwargs)
+    net = create(name, **{"img_size": size, **kwargs, "num_classes": classes, "in_chans": chans})
     net.load_state_dict(weights)
     net.eval()
     if saved and saved["input_size"][0] == chans:
@@ -276,7 +276,7 @@ def _build_by_name(
 ) -> LoadedModel:
     kwargs = dict(model_kwargs or {})
     kwargs.update({k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v})
-    net = create(name, img_size=img_size, **kwargs).eval()
+    net = create(name, **{"img_size": img_size, **kwargs}).eval()
     chans = int(getattr(net, "in_chans", None) or kwargs.get("in_chans") or 3)
     data_config = _model_data_config(net, chans)
     if img_size:

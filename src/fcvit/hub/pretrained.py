@@ -125,7 +125,7 @@ def create_pretrained(
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     in_chans = in_chans or file_chans or 3
-    model = create(name, img_size=img_size, in_chans=in_chans, **kwargs)
+    model = create(name, **{"img_size": img_size, **kwargs, "in_chans": in_chans})
     num_classes = model.num_classes
 
     # what the weights hold, in the pretrained_cfg fields timm's loader compares with the model

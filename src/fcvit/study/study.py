@@ -132,10 +132,12 @@ def _check_train(values: dict[str, Any], where: str) -> dict[str, Any]:
     fixed = sorted(set(values) & set(RUNNER_KEYS))
     if fixed:
         raise StudyError(f"{where}: {fixed} are set by `fcvit study run` per run, not by the study")
+    # the runner gives a distilling arm its teacher per run: check the keys as that run will see them
+    teacher = {"teacher": "<the study's teacher>"} if values.get("distill", "none") != "none" else {}
     try:
-        load_config(overrides=values, source=where)
+        load_config(overrides={**values, **teacher}, source=where)
     except (ValueError, TypeError) as e:
-        raise StudyError(str(e)) from None
+        raise StudyError(str(e) if where in str(e) else f"{where}: {e}") from None
     return values
 
 

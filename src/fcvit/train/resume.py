@@ -16,7 +16,7 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["FIXED_ON_RESUME", "check_resume_config", "restore_optimizer"]
+__all__ = ["FIXED_ON_RESUME", "check_optimizer_state", "check_resume_config", "restore_optimizer"]
 
 # field: why it cannot change on resume
 FIXED_ON_RESUME = {
@@ -68,8 +68,41 @@ def check_resume_config(ckpt: dict[str, Any], cfg: TrainConfig) -> list[str]:
     return changes
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], path: str) -> None:
-    """Load ``state``'s per-parameter state (moments, step counts) and keep ``optimizer``'s hyperparameters."""
+def check_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], names: dict[torch.Tensor, str], path: str
+) -> None:
+    """Refuse, naming the first parameter, an optimizer state whose per-parameter tensors (moments) do not have
+    their parameter's shape: torch's ``load_state_dict`` matches parameters by position only, and wrong-shaped
+    moments then crash the process or silently train on garbage."""
+    saved_groups = state.get("param_groups", [])
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"the optimizer state in {path} has {len(saved_groups)} parameter groups, this run's optimizer "
+            f"{len(optimizer.param_groups)}: it is another run's"
+        )
+    for saved, group in zip(saved_groups, optimizer.param_groups):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"the optimizer state in {path} holds {len(saved['params'])} parameters in a group where this run "
+                f"has {len(group['params'])}: it is another run's"
+            )
+        for index, param in zip(saved["params"], group["params"]):
+            for key, value in state.get("state", {}).get(index, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                    raise ValueError(
+                        f"the optimizer state in {path} does not fit the model: its {key!r} of parameter "
+                        f"{names.get(param, index)!r} has shape {list(value.shape)}, the parameter "
+                        f"{list(param.shape)}"
+                    )
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], path: str, names: dict[torch.Tensor, str]
+) -> None:
+    """Load ``state``'s per-parameter state (moments, step counts), checked against the parameters
+    (:func:`check_optimizer_state`; ``names``: parameter -> its name in the model), and keep ``optimizer``'s
+    hyperparameters."""
+    check_optimizer_state(optimizer, state, names, path)
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state)

@@ -260,13 +260,13 @@ def _create_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     stem, position tables: :func:`fcvit.hub.create_pretrained`); ``--initial-checkpoint`` loads it as it is."""
     torch.manual_seed(cfg.seed)
     kwargs = dict(num_classes=num_classes, in_chans=cfg.in_chans, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
-    kwargs.update(cfg.model_kwargs)
+    kwargs = {"img_size": cfg.img_size, **kwargs, **cfg.model_kwargs}  # an img_size in --model-kwargs wins
     origin = "random initialisation"
     try:
         if cfg.pretrained_path:
-            model, origin = create_pretrained(cfg.model, cfg.pretrained_path, img_size=cfg.img_size, **kwargs)
+            model, origin = create_pretrained(cfg.model, cfg.pretrained_path, **kwargs)
         else:
-            model = create(cfg.model, img_size=cfg.img_size, pretrained=cfg.pretrained, **kwargs)
+            model = create(cfg.model, pretrained=cfg.pretrained, **kwargs)
             origin = "timm's pretrained weights" if cfg.pretrained else origin
     except ValueError as e:
         if cfg.distill == "none" or "distilled" not in str(e):
@@ -328,10 +328,11 @@ def _resume(ckpt: dict, path: str, dist: DistInfo, model, ema, optimizer, scaler
     The optimizer keeps its per-parameter state and takes its hyperparameters (lr, weight decay ...) from the
     config; the schedule is rebuilt from the config at the resumed step, so flags given with ``--resume`` hold.
     """
+    check_finite(ckpt["model"], path)
     model.load_state_dict(ckpt["model"])
     if ema is not None and ckpt.get("model_ema") is not None:
         ema.module.load_state_dict(ckpt["model_ema"])
-    restore_optimizer(optimizer, ckpt["optimizer"], path)
+    restore_optimizer(optimizer, ckpt["optimizer"], path, {p: n for n, p in model.named_parameters()})
     scaler.load_state_dict(ckpt["scaler"])
     state = State(ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best"], metrics=ckpt["metrics"])
     state.saved_step = ckpt["step"] if Path(path).name == LAST else None
