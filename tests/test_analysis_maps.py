@@ -30,6 +30,7 @@ def create_model(name: str, model_kwargs: dict | None = None, img_size: int | No
     disable_fused_attention(model)
     return model
 
+
 TINY_VIT = dict(depth=2, embed_dim=64, num_heads=2)
 TINY_FCVIT = dict(depths=(1, 1, 1, 1), dims=(16, 32, 32, 64))
 
