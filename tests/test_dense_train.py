@@ -78,6 +78,7 @@ def test_det_train_resume_eval_predict(data, tmp_path, capsys):
         load_trained(run_dir / "checkpoint-last.pth", "seg")
     images = sorted((data / "coco" / "val2017").glob("*.png"))
     out = tmp_path / "pred"
+    capsys.readouterr()
     assert main(["det", "predict", str(run_dir), *map(str, images), "--out", str(out), "--score-threshold", "0"]) == 0
     for img in images:
         with Image.open(out / f"{img.stem}_det.png") as png:
@@ -86,6 +87,29 @@ def test_det_train_resume_eval_predict(data, tmp_path, capsys):
             assert png.format == "PNG" and png.size == src.size and png.mode == "RGB"
     records = json.loads((out / "predictions.json").read_text())
     assert len(records) == len(images) and all(len(r["boxes_xyxy"]) == len(r["labels"]) for r in records)
+    every = [len(r["scores"]) for r in records]
+    assert every[0] > 0 and _drawn_and_below(capsys.readouterr().out, images, "0") == [(n, 0) for n in every]
+    # at the median score of the first image, each image's detections split into those drawn and those below
+    threshold, out2 = sorted(records[0]["scores"])[every[0] // 2], tmp_path / "pred2"
+    args = ["det", "predict", str(run_dir), *map(str, images), "--out", str(out2), "--score-threshold", f"{threshold}"]
+    assert main(args) == 0
+    counts = _drawn_and_below(capsys.readouterr().out, images, f"{threshold:g}")
+    records = json.loads((out2 / "predictions.json").read_text())
+    assert counts == [(len(r["scores"]), r["below_threshold"]) for r in records]
+    assert [drawn + below for drawn, below in counts] == every and min(counts[0]) > 0
+    with pytest.raises(SystemExit):
+        main(["det", "predict", "--help"])
+    assert re.search(r"--score-threshold .*default: 0\.5", " ".join(capsys.readouterr().out.split()))
+
+
+def _drawn_and_below(out: str, images: list, threshold: str) -> list[tuple[int, int]]:
+    """(drawn, below) of each image from ``fcvit det predict``'s lines ("IMG: N detections >= T (M below)")."""
+    lines = out.splitlines()
+    assert lines[-1].startswith(f"wrote {len(images)} overlay PNGs and predictions.json")
+    pattern = r"(\d+) detections? >= " + re.escape(threshold) + r" \((\d+) below\)"
+    matches = [re.fullmatch(re.escape(str(img)) + ": " + pattern, line) for img, line in zip(images, lines)]
+    assert len(lines) == len(images) + 1 and all(matches), lines
+    return [(int(m[1]), int(m[2])) for m in matches]
 
 
 def test_seg_train_resume_eval_predict(data, tmp_path, capsys):
