@@ -18,7 +18,7 @@ from fcvit.dense.config import CanvasConfig, DetConfig, SegConfig
 from fcvit.dense.data import make_dense_dataset
 from fcvit.dense.engine import load_trained
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("torch_one_thread")]
 
 TINY = ["--model-kwargs", '{"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}', "--workers", "0", "--lr", "1e-3"]
 DET = ["--batch-size", "2", "--train-sizes", "64", "--test-size", "64", "--max-size", "64", "--warmup-iters", "1"]
@@ -78,6 +78,7 @@ def test_det_train_resume_eval_predict(data, tmp_path, capsys):
         load_trained(run_dir / "checkpoint-last.pth", "seg")
     images = sorted((data / "coco" / "val2017").glob("*.png"))
     out = tmp_path / "pred"
+    capsys.readouterr()
     assert main(["det", "predict", str(run_dir), *map(str, images), "--out", str(out), "--score-threshold", "0"]) == 0
     for img in images:
         with Image.open(out / f"{img.stem}_det.png") as png:
@@ -86,6 +87,29 @@ def test_det_train_resume_eval_predict(data, tmp_path, capsys):
             assert png.format == "PNG" and png.size == src.size and png.mode == "RGB"
     records = json.loads((out / "predictions.json").read_text())
     assert len(records) == len(images) and all(len(r["boxes_xyxy"]) == len(r["labels"]) for r in records)
+    every = [len(r["scores"]) for r in records]
+    assert every[0] > 0 and _drawn_and_below(capsys.readouterr().out, images, "0") == [(n, 0) for n in every]
+    # at the median score of the first image, each image's detections split into those drawn and those below
+    threshold, out2 = sorted(records[0]["scores"])[every[0] // 2], tmp_path / "pred2"
+    args = ["det", "predict", str(run_dir), *map(str, images), "--out", str(out2), "--score-threshold", f"{threshold}"]
+    assert main(args) == 0
+    counts = _drawn_and_below(capsys.readouterr().out, images, f"{threshold:g}")
+    records = json.loads((out2 / "predictions.json").read_text())
+    assert counts == [(len(r["scores"]), r["below_threshold"]) for r in records]
+    assert [drawn + below for drawn, below in counts] == every and min(counts[0]) > 0
+    with pytest.raises(SystemExit):
+        main(["det", "predict", "--help"])
+    assert re.search(r"--score-threshold .*default: 0\.5", " ".join(capsys.readouterr().out.split()))
+
+
+def _drawn_and_below(out: str, images: list, threshold: str) -> list[tuple[int, int]]:
+    """(drawn, below) of each image from ``fcvit det predict``'s lines ("IMG: N detections >= T (M below)")."""
+    lines = out.splitlines()
+    assert lines[-1].startswith(f"wrote {len(images)} overlay PNGs and predictions.json")
+    pattern = r"(\d+) detections? >= " + re.escape(threshold) + r" \((\d+) below\)"
+    matches = [re.fullmatch(re.escape(str(img)) + ": " + pattern, line) for img, line in zip(images, lines)]
+    assert len(lines) == len(images) + 1 and all(matches), lines
+    return [(int(m[1]), int(m[2])) for m in matches]
 
 
 def test_seg_train_resume_eval_predict(data, tmp_path, capsys):
@@ -110,6 +134,29 @@ def test_seg_train_resume_eval_predict(data, tmp_path, capsys):
         with Image.open(out / f"{img.stem}_overlay.png") as overlay:
             assert overlay.mode == "RGB" and overlay.size == src.size
     assert summary["steps"] == 4
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_eval_before_leaves_the_trained_weights_unchanged(task, data, tmp_path):
+    """The CPU demo recipe, shrunk to two steps on tiny canvases, with and without --eval-before: bitwise equal
+    weights (evaluation draws from torch's global generator, which multi-scale training, RPN sampling and the
+    segmentation crops draw from too)."""
+    data_dir = data / ("coco" if task == "det" else "ade")
+    shrink = ["--model-kwargs", '{"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}', "--batch-size", "2"]
+    if task == "det":
+        shrink += ["--epochs", "1", "--lr-steps", "1", "--train-sizes", "48", "64", "--test-size", "64"]
+        shrink += ["--max-size", "64", "--fpn-channels", "16", "--representation-size", "32"]
+    else:
+        shrink += ["--iters", "2", "--eval-interval", "1", "--crop-size", "48", "--test-size", "64"]
+        shrink += ["--fpn-channels", "16", "--head-channels", "8"]
+    weights = []
+    for name, extra in (("plain", []), ("eval-before", ["--eval-before"])):
+        args = [task, "train", "--data-dir", str(data_dir), "--output", str(tmp_path), "--experiment", name]
+        assert main(args + ["--preset", "cpu-demo"] + shrink + extra) == 0
+        weights.append(load_trained(tmp_path / name / "checkpoint-last.pth", task)[1]["model"])
+    assert len(_rows(tmp_path / "eval-before")) == len(_rows(tmp_path / "plain")) + 1  # row 0: the extra evaluation
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_train_bad_input_is_one_line_and_exit_1(data, tmp_path, capsys):

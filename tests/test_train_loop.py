@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 from train_utils import TINY, make_fashion_root, make_image_folder, run_cli
@@ -99,6 +101,27 @@ def test_sigkill_and_resume_equals_uninterrupted(fm_root, tmp_path):
     # PyTorch's fused AdamW, in the uninterrupted run and after the resume.
     assert all(group["fused"] for ckpt in (a, b) for group in ckpt["optimizer"]["param_groups"])
     assert [r["val_top1"] for r in _rows(tmp_path / "straight")] == [r["val_top1"] for r in _rows(tmp_path / "killed")]
+
+
+def test_validation_never_changes_the_trained_weights(fm_root, tmp_path, monkeypatch):
+    """Two runs that differ only in what validation does (how many images it scores, and whether it draws from
+    Python's, NumPy's and torch's global generators) end with bitwise equal weights and EMA weights, although the
+    training after each validation draws from those generators (drop path: torch; mixup: NumPy)."""
+    recipe = ("--epochs", "2", "--train-limit", "64", "--drop-path", "0.1", "--mixup", "0.2", "--model-ema")
+    assert main(_fm_args(fm_root, tmp_path, "--experiment", "plain", "--val-limit", "16", *recipe)) == 0
+    real_evaluate = train_module.evaluate
+
+    def drawing_evaluate(*args, **kwargs):
+        random.random(), np.random.rand(), torch.rand(1)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", drawing_evaluate)
+    assert main(_fm_args(fm_root, tmp_path, "--experiment", "drawing", "--val-limit", "32", *recipe)) == 0
+    plain, drawing = (load_checkpoint(tmp_path / name / "checkpoint-last.pth") for name in ("plain", "drawing"))
+    assert [r["val_loss"] for r in _rows(tmp_path / "plain")] != [r["val_loss"] for r in _rows(tmp_path / "drawing")]
+    for key in ("model", "model_ema"):
+        assert plain[key].keys() == drawing[key].keys()
+        assert all(torch.equal(plain[key][k], drawing[key][k]) for k in plain[key]), key
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(fm_root, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -154,17 +153,15 @@ def _save_figure(fig, output: str, name: str) -> str:
 
 
 def _write_json(output: str, name: str, record: dict) -> None:
-    from .survey import json_safe
+    from ..engine.jsonio import write_json
 
-    with open(os.path.join(output, name), "w") as f:
-        json.dump(json_safe(record), f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(output, name), record)
 
 
 def _print_statistics(stats: dict[str, float]) -> None:
-    from .survey import json_safe
+    from ..engine.jsonio import dumps
 
-    print(json.dumps(json_safe(stats), indent=2))
+    print(dumps(stats, indent=2))
 
 
 def _markdown_table(layers: list[dict], series: dict[str, list[dict]]) -> str:

@@ -82,14 +82,3 @@ def dataset_statistics(
     for total in totals:
         total["statistics"] = {k: v / count for k, v in total["statistics"].items()}
     return totals, count
-
-
-def json_safe(value):
-    """``value`` with every NaN float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import non_negative_int, positive_int
@@ -11,6 +10,7 @@ from ..errors import non_negative_int, positive_int
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.atomic import atomic_write_text
+    from ..engine.jsonio import write_json
     from ..runtime import allocator
     from .speed import MODES, PEERS, PLAIN_SUFFIX, BenchConfig, format_markdown, run_benchmark
 
@@ -39,12 +39,10 @@ def run(args: argparse.Namespace) -> int:
     result["command"] = "fcvit bench " + " ".join(args.argv)
     table = format_markdown(result)
     print(table)
-    for path, text in (
-        (args.json, json.dumps(result, indent=2) + "\n"),
-        (args.markdown, f"`{result['command']}`\n\n{table}\n"),
-    ):
-        if path:
-            atomic_write_text(path, text)
+    if args.json:
+        write_json(args.json, result)
+    if args.markdown:
+        atomic_write_text(args.markdown, f"`{result['command']}`\n\n{table}\n")
     return 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 
+from ..engine.jsonio import dumps
 from ..errors import positive_int
 from ..hub import create
 from ..models._registry import list_models, paper_figures, paper_variants
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
     rows = model_table(args.filter, args.img_size)
     if not rows:
         raise ValueError(f"no registered model matches --filter {args.filter!r} (fcvit models lists them all)")
-    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows, args.img_size))
+    print(dumps(rows, indent=2) if args.json else format_markdown(rows, args.img_size))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

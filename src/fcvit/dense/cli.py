@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -82,6 +81,7 @@ def _run_dir(args: argparse.Namespace, cfg) -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed, peer_failures
+    from ..engine.jsonio import dumps
     from .engine import LAST, load_trained, train
 
     info = init_distributed(args.device)
@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
     with peer_failures():
         summary = train(task, run_dir, bool(args.resume), str(info.device), args.eval_before, args.log_interval)
     if info.is_main:
-        print(json.dumps(summary, indent=2))
+        print(dumps(summary, indent=2))
     return 0
 
 
@@ -120,15 +120,16 @@ def _load(args: argparse.Namespace):
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..engine.distributed import cleanup_distributed, is_main_process
+    from ..engine.jsonio import dumps, write_json
     from .engine import evaluate_split
 
     task, model = _load(args)
     metrics, n = evaluate_split(task, model, args.split, args.device)
     result = dict(checkpoint=str(args.checkpoint), data_dir=task.cfg.data_dir, split=args.split, images=n, **metrics)
     if is_main_process():
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
         if args.output:
-            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.output, result)
     cleanup_distributed()
     return 0
 
@@ -141,17 +142,24 @@ def run_predict(args: argparse.Namespace) -> int:
     device = init_distributed(args.device).device
     options = dict(score_threshold=args.score_threshold) if args.task == "det" else {}
     written = task.predict(model.to(device).eval(), list_images(args.images), Path(args.out), device, **options)
-    print(f"wrote {len(written)} PNG files to {args.out}")
+    if args.task == "det":  # what each overlay shows, and what the threshold left out
+        from .detection import detections_line
+
+        print("\n".join(map(detections_line, written)))
+        print(f"wrote {len(written)} overlay PNGs and predictions.json to {args.out}")
+    else:
+        print(f"wrote {len(written)} PNG files to {args.out}")
     return 0
 
 
 def run_make_data(args: argparse.Namespace) -> int:
+    from ..engine.jsonio import dumps
     from .data import make_dense_dataset
 
     names = {f.name for f in dataclasses.fields(CanvasConfig)}
     cfg = build(CanvasConfig, (COMMAND_LINE, {k: v for k, v in vars(args).items() if k in names}))
     summary = make_dense_dataset(args.out, args.num_train, args.num_val, cfg, args.seed, args.fashion_root, True)
-    print(json.dumps(summary, indent=2))
+    print(dumps(summary, indent=2))
     return 0
 
 
@@ -224,7 +232,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "--score-threshold",
                 type=fraction,
                 default=0.5,
-                help="draw detections scoring at least this [default: 0.5]",
+                help="draw and list the detections scoring at least this (the model reports those of 0.05 or more) "
+                "[default: 0.5]",
             )
         _common(pr, task)
         pr.set_defaults(func=run_predict)

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..engine.jsonio import write_json
 from .config import CanvasConfig
 
 __all__ = [
@@ -170,9 +171,10 @@ def make_dense_dataset(
         ann_file = out / "coco" / "annotations" / f"instances_{COCO_SPLITS[split]}.json"
         ann_file.parent.mkdir(parents=True, exist_ok=True)
         info = dict(description="Fashion-MNIST items on canvases (fcvit dense make-data)", config=asdict(cfg))
-        ann_file.write_text(json.dumps(dict(info=info, images=images, annotations=annotations, categories=categories)))
+        coco = dict(info=info, images=images, annotations=annotations, categories=categories)
+        write_json(ann_file, coco, indent=None)  # one line: COCO files are large
         summary["splits"][split] = dict(images=len(images), instances=len(annotations))
-    (out / "ade" / "classes.json").write_text(json.dumps(dict(classes=class_names, reduce_zero_label=False)))
+    write_json(out / "ade" / "classes.json", dict(classes=class_names, reduce_zero_label=False))
     return summary
 
 

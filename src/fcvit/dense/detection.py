@@ -18,12 +18,13 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
+from ..engine.jsonio import write_json
 from .backbone import FCViTFPN, create_feature_backbone, normalization
 from .config import DetConfig
 from .data import CocoInstances
 from .metrics import coco_evaluate, detections_to_coco, gather_lists
 
-__all__ = ["DetConfig", "DetectionTask", "build_mask_rcnn", "place_captions", "set_image_sizes"]
+__all__ = ["DetConfig", "DetectionTask", "build_mask_rcnn", "detections_line", "place_captions", "set_image_sizes"]
 
 
 def build_mask_rcnn(
@@ -144,6 +145,7 @@ class DetectionTask:
         return evaluate_detection(model, loader, device, self.cfg.test_size)
 
     def predict(self, model: nn.Module, files: list[Path], out_dir: Path, device: torch.device, **options) -> list:
+        """The records of ``predictions.json``, one per image (:func:`predict_detection`)."""
         return predict_detection(model, files, out_dir, self.class_names, self.cfg.test_size, device, **options)
 
 
@@ -261,10 +263,11 @@ def predict_detection(
     test_size: int,
     device: torch.device,
     score_threshold: float = 0.5,
-) -> list[Path]:
-    """Detect in each image file; write ``OUT/<stem>_det.png`` overlays and ``OUT/predictions.json``."""
-    import json
-
+) -> list[dict[str, Any]]:
+    """Detect in each image file; write ``OUT/<stem>_det.png`` overlays of the detections scoring at least
+    ``score_threshold`` and ``OUT/predictions.json``, whose records this returns, one per image: ``file``,
+    ``overlay``, ``score_threshold``, the drawn detections' ``boxes_xyxy``, ``labels`` and ``scores``, and
+    ``below_threshold``, how many more the model reported with lower scores (Mask R-CNN keeps those of 0.05 or more)."""
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -272,22 +275,33 @@ def predict_detection(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     set_image_sizes(model, (test_size,))
-    written, records = [], []
+    records = []
     for path in files:
         image = pil_to_tensor(Image.open(path).convert("RGB"))
         output = {k: v.cpu() for k, v in model([image.to(device).float() / 255])[0].items()}
         overlay = draw_detections(image, output, class_names, score_threshold)
         target = out_dir / f"{path.stem}_det.png"
         Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(target)
-        written.append(target)
         keep = output["scores"] >= score_threshold
         records.append(
             dict(
                 file=str(path),
-                boxes_xyxy=output["boxes"][keep].round(decimals=1).tolist(),
+                overlay=str(target),
+                score_threshold=score_threshold,
+                boxes_xyxy=output["boxes"][keep].double().round(decimals=1).tolist(),  # double: 4.6, not 4.5999999
                 labels=[class_names[i] if i < len(class_names) else str(i) for i in output["labels"][keep].tolist()],
-                scores=output["scores"][keep].round(decimals=4).tolist(),
+                scores=output["scores"][keep].double().round(decimals=4).tolist(),
+                below_threshold=int((~keep).sum()),
             )
         )
-    (out_dir / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
-    return written
+    write_json(out_dir / "predictions.json", records, indent=1)
+    return records
+
+
+def detections_line(record: dict[str, Any]) -> str:
+    """What :func:`predict_detection` drew on one image: ``img.png: 3 detections >= 0.5 (12 below)``."""
+    n = len(record["scores"])
+    return (
+        f"{record['file']}: {n} detection{'s' * (n != 1)} >= {record['score_threshold']:g} "
+        f"({record['below_threshold']} below)"
+    )

@@ -31,7 +31,7 @@ from ..engine.checkpoint import load_checkpoint, save_checkpoint
 from ..engine.config import save_config
 from ..engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
 from ..engine.logger import Progress, RunLogger
-from ..engine.rng import seed_everything
+from ..engine.rng import preserved_rng, seed_everything
 from ..errors import NonFiniteLossError
 from ..runtime import adapt_threads
 
@@ -208,9 +208,11 @@ def _set_up(task: DenseTask, run_dir: Path, resume: bool, device: str | None) ->
 
 
 def _evaluate(run: DenseRun) -> dict[str, float]:
+    """The task's metrics on the validation set; the training's random streams are left as they were, so that
+    evaluating (``--eval-before``, every round) never changes the trained weights."""
     broadcast_buffers(run.model)  # BatchNorm statistics: rank 0's on every rank, as the checkpoint holds them
     run.model.eval()
-    with torch.no_grad(), run.amp:
+    with torch.no_grad(), run.amp, preserved_rng():
         return run.task.evaluate(run.model, run.val_loader, run.info.device)
 
 

@@ -11,7 +11,6 @@ Nothing here knows about classification: the caller names the columns and the pa
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import sys
@@ -20,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_write
+from .jsonio import write_json
 
 __all__ = ["Progress", "RunLogger", "format_duration", "plot_curves", "remaining_time"]
 
@@ -160,7 +160,7 @@ class RunLogger:
         ``x``); close TensorBoard."""
         if not self.enabled:
             return
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(dict(summary), indent=2) + "\n")
+        write_json(self.run_dir / "summary.json", dict(summary))
         plot_curves(self.rows, self.run_dir / "curves.png", panels, x, x_label)
         self.close()
 

@@ -1,15 +1,18 @@
 """Seeding and snapshots of every global random generator (Python, NumPy, torch CPU and CUDA), as tensors and
-numbers that a ``weights_only`` checkpoint can hold: what makes a resumed run continue as the uninterrupted one."""
+numbers that a ``weights_only`` checkpoint can hold: what makes a resumed run continue as the uninterrupted one,
+and what keeps evaluation out of a training run's random streams (:func:`preserved_rng`)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["get_rng_state", "preserved_rng", "seed_everything", "set_rng_state"]
 
 
 def seed_everything(seed: int) -> None:
@@ -53,3 +56,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Every global generator leaves the ``with`` block in the state it entered it, whatever the block drew.
+
+    Around evaluation during training: iterating a DataLoader draws its base seed from torch's global generator,
+    and transforms or models may draw from Python's or NumPy's, so an evaluation would otherwise shift the
+    augmentation, dropout and sampling of every later training step (``--eval-before`` changed the result).
+    ``torch.random.fork_rng`` covers the torch generators only; this covers Python's and NumPy's as well.
+    """
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from ..engine.atomic import atomic_write, atomic_write_text
+from ..engine.jsonio import write_json
 from ..engine.logger import format_duration
 from ..engine.rundir import RUN_FILES, clean_orphans
 from .study import Study, StudyError
@@ -302,7 +303,7 @@ def _write_study_file(study: Study, root: Path) -> None:
     """``ROOT/<study>/study.json``: what ``fcvit study report`` reads (arms, reference, seeds, sources)."""
     path = root / study.name / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(study.to_dict(), indent=2) + "\n")
+    write_json(path, study.to_dict())
 
 
 # --- executing -----------------------------------------------------------------------------------------------

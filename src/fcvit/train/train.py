@@ -49,7 +49,7 @@ from ..engine.distributed import (
     peer_failures,
 )
 from ..engine.logger import Progress, RunLogger, format_duration
-from ..engine.rng import get_rng_state, seed_everything, set_rng_state
+from ..engine.rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from ..engine.rundir import clean_orphans, new_run_dir
 from ..errors import NonFiniteLossError
 from ..hub import check_finite, create, create_pretrained
@@ -421,13 +421,11 @@ def end_epoch(run: Run, state: State, epoch: int, t0: float, t_epoch: float) -> 
     """Validate (model and EMA), log, save ``checkpoint-last.pth`` and, on a new best, ``checkpoint-best.pth``."""
     broadcast_buffers(run.model)
     train_sums = all_reduce_sum(state.epoch_sums, run.dist.device)
-    evaluate_on = partial(
-        evaluate,
-        loader=run.val_loader,
-        device=run.dist.device,
-        autocast=run.eval_autocast,
-        channels_last=run.cfg.channels_last,
-    )
+
+    def evaluate_on(model: nn.Module, desc: str = "validate") -> dict[str, float]:
+        with preserved_rng():  # validation draws nothing from the training's random streams (same weights without it)
+            return evaluate(model, run.val_loader, run.dist.device, run.eval_autocast, run.cfg.channels_last, desc)
+
     t_val = time.perf_counter()
     metrics = evaluate_on(run.model)
     row = {"train_loss": train_sums["loss"] / max(train_sums["n"], 1), "lr": run.optimizer.param_groups[0]["lr"]}
