@@ -13,6 +13,7 @@ from fcvit.data import FASHION_MNIST_CLASSES, fashion_mnist_paths
 from fcvit.dense.config import CanvasConfig
 from fcvit.dense.data import CocoInstances, SemanticSegmentation, make_canvas, make_dense_dataset
 from fcvit.dense.metrics import ConfusionMatrix, coco_evaluate, detections_to_coco
+from fcvit.engine.config import validate
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
@@ -51,10 +52,10 @@ def test_canvas_occlusion_and_masks():
 
 
 def test_canvas_config_errors():
-    with pytest.raises(ValueError, match="min_objects"):
-        CanvasConfig(min_objects=3, max_objects=2).check()
-    with pytest.raises(ValueError, match="canvas_size"):
-        CanvasConfig(canvas_size=16).check()
+    with pytest.raises(ValueError, match="--min-objects 3 exceeds --max-objects 2"):
+        validate(CanvasConfig(min_objects=3, max_objects=2))
+    with pytest.raises(ValueError, match=r"canvas_size \(config\): 16 is out of range: must be >= 32"):
+        validate(CanvasConfig(canvas_size=16))
 
 
 @needs_fashion

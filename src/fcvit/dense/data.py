@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..engine.config import validate
 from ..engine.jsonio import write_json
 from .config import CanvasConfig
 
@@ -138,8 +139,7 @@ def make_dense_dataset(
 
     from ..data import FASHION_MNIST_CLASSES, load_fashion_mnist
 
-    cfg = cfg or CanvasConfig()
-    cfg.check()
+    cfg = validate(cfg or CanvasConfig(), "canvas config")
     out = Path(out)
     class_names = ["background", *FASHION_MNIST_CLASSES]
     categories = [dict(id=i + 1, name=name, supercategory="fashion") for i, name in enumerate(FASHION_MNIST_CLASSES)]

@@ -39,6 +39,7 @@ __all__ = [
     "plain",
     "read_yaml_mapping",
     "save_config",
+    "validate",
 ]
 
 Choices = Iterable[Any] | Callable[[], Iterable[Any]]
@@ -225,6 +226,12 @@ def build(cls: type, *layers: tuple[str, Mapping[str, Any] | None]) -> Any:
     if hasattr(instance, "check"):
         instance.check()
     return instance
+
+
+def validate(instance: Any, source: str = "config") -> Any:
+    """A config dataclass built in code, checked against its declarations as :func:`build` checks values read from
+    flags and files; returns the checked copy (``ValueError`` naming the field otherwise)."""
+    return build(type(instance), (source, plain(instance)))
 
 
 def check_model_name(name: Any) -> None:
