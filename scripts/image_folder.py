@@ -23,8 +23,8 @@ def write_folder(out: Path, classes: list[str], per_class: tuple[int, int], root
             folder = out / split / name.replace("/", "-")  # T-shirt/top
             folder.mkdir(parents=True, exist_ok=True)
             picks = (labels == FASHION_MNIST_CLASSES.index(name)).nonzero()[0][:count]
-            for i in picks:
-                Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+            for k, i in enumerate(picks):
+                Image.fromarray(images[i]).save(folder / f"{k:04d}.png")
             written += len(picks)
     return written
 

@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
+from train_utils import TINY, make_fashion_root
 
 from fcvit.cli import main
 from fcvit.engine.checkpoint import load_checkpoint, save_checkpoint
 from fcvit.engine.jsonio import dumps
-
-from .train_utils import TINY, make_fashion_root
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from ..accel import command_backend, optimize
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
 from ..engine.config import save_config
 from ..engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
 from ..engine.logger import Progress, RunLogger
@@ -267,16 +267,18 @@ def _end_round(run: DenseRun, round_: int, train_loss: float) -> None:
     improved = run.metrics[task.main_metric] > run.best
     run.best = max(run.best, run.metrics[task.main_metric])
     if run.info.is_main:
-        ckpt = dict(
+        ckpt = run_checkpoint(
             task=task.name,
-            config=asdict(task.cfg),
-            class_names=list(task.class_names),
             model=run.model.state_dict(),
             optimizer=run.optimizer.state_dict(),
-            round=round_ + 1,
+            config=asdict(task.cfg),
+            model_name=task.cfg.model,
+            model_kwargs=task.cfg.model_kwargs,
+            class_names=task.class_names,
             step=run.step,
             best=run.best,
             metrics=run.metrics,
+            round=round_ + 1,
         )
         save_checkpoint(ckpt, run.run_dir / LAST)
         if improved:

@@ -20,7 +20,49 @@ import torch
 from ..errors import CheckpointError
 from .atomic import atomic_write
 
-__all__ = ["CheckpointError", "describe_load_error", "load_checkpoint", "read_weights", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "describe_load_error",
+    "load_checkpoint",
+    "read_weights",
+    "run_checkpoint",
+    "save_checkpoint",
+]
+
+
+def run_checkpoint(
+    *,
+    task: str,
+    model: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    config: dict[str, Any],
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    class_names: list[str],
+    step: int,
+    best: Any,
+    metrics: dict[str, Any],
+    **progress: Any,
+) -> dict[str, Any]:
+    """The one layout of every training run's checkpoint (``fcvit train``, ``fcvit det|seg train``): what the task
+    is (``"classify"``, ``"det"``, ``"seg"``), the weights and optimizer state, the run's config and the record a
+    command reads to rebuild the model (model name and arguments, class names), where the run stands (step,
+    best score, last metrics), and the loop's own position (``progress``: epoch and batch, or round; RNG states).
+    """
+    return dict(
+        task=task,
+        model=model,
+        optimizer=optimizer,
+        config=config,
+        model_name=model_name,
+        model_kwargs=model_kwargs,
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        step=step,
+        best=best,
+        metrics=metrics,
+        **progress,
+    )
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..accel import command_backend, optimize
 from ..data.fingerprint import check_same_data, data_fingerprint
 from ..data.sets import is_fashion_mnist, open_dataset
-from ..engine.checkpoint import load_checkpoint, read_weights, save_checkpoint
+from ..engine.checkpoint import load_checkpoint, read_weights, run_checkpoint, save_checkpoint
 from ..engine.config import save_config
 from ..engine.distributed import (
     DistInfo,
@@ -488,28 +488,28 @@ def save(run: Run, state: State, path: Path, t0: float) -> None:
     if not run.dist.is_main:
         return
     cfg = run.cfg
-    checkpoint = {
-        "model": run.model.state_dict(),
-        "model_ema": run.ema.module.state_dict() if run.ema is not None else None,
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "epoch": state.epoch,
-        "batch": state.batch,
-        "step": state.step,
-        "best": state.best,
-        "epoch_sums": sums,
-        "metrics": state.metrics,
-        "elapsed_s": state.elapsed_before + time.perf_counter() - t0,
-        "rng": rng,
-        "config": cfg.to_dict(),
-        "model_name": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
-        "num_classes": len(run.class_names),
-        "class_names": run.class_names,
-        "data_config": run.data_config,
-        "data_fingerprint": run.data_fingerprint,
-    }
+    checkpoint = run_checkpoint(
+        task="classify",
+        model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        config=cfg.to_dict(),
+        model_name=cfg.model,
+        model_kwargs=cfg.model_kwargs,
+        class_names=run.class_names,
+        step=state.step,
+        best=state.best,
+        metrics=state.metrics,
+        model_ema=run.ema.module.state_dict() if run.ema is not None else None,
+        scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(),
+        epoch=state.epoch,
+        batch=state.batch,
+        epoch_sums=sums,
+        elapsed_s=state.elapsed_before + time.perf_counter() - t0,
+        rng=rng,
+        data_config=run.data_config,
+        data_fingerprint=run.data_fingerprint,
+    )
     save_checkpoint(checkpoint, path)
     if path.name == LAST:
         state.saved_step = state.step
