@@ -413,7 +413,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze", help="spatial-modeling analyses: attention maps and statistics, FCViT similarity maps"
     )
-    sub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    sub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
 
     a = sub.add_parser("attention", help="Fig. 2 grids: attention of chosen query points, per head, over images")
     _add_model_args(a)
