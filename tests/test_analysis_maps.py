@@ -7,20 +7,19 @@ import math
 import pytest
 import torch
 
-from fcvit.analysis import (
+from fcvit.analysis.maps import (
     MapProbe,
     attention_layer_names,
-    attention_stats,
+    attention_layout,
     disable_fused_attention,
-    drop_prefix_tokens,
     fcvit_blocks,
-    map_statistics,
     similarity_rows,
     similarity_site,
     similarity_sites,
     token_grid,
 )
-from fcvit.analysis.maps import attention_layout
+from fcvit.analysis.stats import attention_stats, drop_prefix_tokens
+from fcvit.analysis.survey import map_statistics
 from fcvit.hub import create
 
 

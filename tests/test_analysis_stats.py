@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcvit.analysis import STAT_NAMES, attention_stats, drop_prefix_tokens
+from fcvit.analysis.stats import STAT_NAMES, attention_stats, drop_prefix_tokens
 
 
 def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:

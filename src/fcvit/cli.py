@@ -14,7 +14,6 @@ from .errors import OneLineParser, report_error, user_errors
 from .runtime import tune_cpu_allocator
 
 COMMAND_MODULES = (
-    "fcvit.bench.summary",
     "fcvit.analysis.cli",
     "fcvit.dense.cli",
     "fcvit.train.cli",

@@ -22,6 +22,16 @@ class RankLostError(RuntimeError):
     """Another rank stopped answering in a collective (hung past ``--dist-timeout``, or gone)."""
 
 
+DEFAULT_TIMEOUT_S = 300.0  # seconds a rank waits for the others in a collective before RankLostError
+NO_OPTIMIZE_HELP = "run the model as timm.create_model returns it (default: fcvit.optimize's exact faster modules)"
+
+
+def command_backend(enabled: bool) -> str | None:
+    """The :func:`fcvit.optimize` backend every ``fcvit`` command uses: ``"auto"``, or None (the plain model)
+    under ``--no-optimize``."""
+    return "auto" if enabled else None
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops before the bad step touches the weights."""
 

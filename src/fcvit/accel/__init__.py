@@ -38,7 +38,6 @@ from .fcvit import (
 from .global_context import FastGlobalContext
 
 BACKENDS = ("auto", "cpu", "triton")
-NO_OPTIMIZE_HELP = "run the model as timm.create_model returns it (default: fcvit.optimize's exact faster modules)"
 
 # plain class -> its optimised subclass (the "cpu" backend)
 _FAST: dict[type[nn.Module], type[nn.Module]] = {
@@ -86,15 +85,9 @@ def optimize(model: nn.Module, backend: str | None = "auto") -> nn.Module:
     return model
 
 
-def command_backend(enabled: bool) -> str | None:
-    """The backend every ``fcvit`` command optimises with: ``"auto"``, or None (the plain model) under
-    ``--no-optimize``."""
-    return "auto" if enabled else None
-
-
 def is_optimized(model: nn.Module) -> bool:
     """True if any module of ``model`` has been swapped by :func:`optimize`."""
     return any(type(m) in _PLAIN for m in model.modules())
 
 
-__all__ = ["BACKENDS", "NO_OPTIMIZE_HELP", "command_backend", "is_optimized", "optimize"]
+__all__ = ["BACKENDS", "is_optimized", "optimize"]

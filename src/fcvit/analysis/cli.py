@@ -14,9 +14,15 @@ import os
 import sys
 from typing import Any
 
-from ..accel import NO_OPTIMIZE_HELP, command_backend
 from ..engine.config import mapping_argument
-from ..errors import MODEL_KWARGS_HELP, device_argument, non_negative_int, positive_int
+from ..errors import (
+    MODEL_KWARGS_HELP,
+    NO_OPTIMIZE_HELP,
+    command_backend,
+    device_argument,
+    non_negative_int,
+    positive_int,
+)
 
 ATTENTION_BLOCKS = (
     "block K is the K-th attention layer (module matching '*attn_drop') in forward order, 0-based, "

@@ -46,7 +46,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace) -> None:
+    from ..engine.jsonio import dumps
+    from .summary import format_markdown, model_table
+
+    rows = model_table(args.filter, args.img_size)
+    if not rows:
+        raise ValueError(f"no registered model matches --filter {args.filter!r} (fcvit models lists them all)")
+    print(dumps(rows, indent=2) if args.json else format_markdown(rows, args.img_size))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """``fcvit models`` (:mod:`.summary`) and ``fcvit bench`` (:mod:`.speed`, :mod:`.memory`)."""
+    p = subparsers.add_parser("models", help="list registered models with params, GMACs and activations")
+    p.add_argument("--filter", default="*", help="shell-style pattern on model names, e.g. 'fcvit_*'")
+    p.add_argument(
+        "--img-size", type=positive_int, default=224, help="square input size for the GMAC and activation counts"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    p.set_defaults(func=run_models)
+
     p = subparsers.add_parser(
         "bench",
         help="throughput, GMACs and peak memory of models, interleaved in rounds",

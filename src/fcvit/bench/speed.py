@@ -22,7 +22,8 @@ import timm
 import torch
 from torch import nn
 
-from ..accel import command_backend, is_optimized, optimize
+from ..accel import is_optimized, optimize
+from ..errors import command_backend
 from ..hub import create
 from ..models.complexity import count_gmacs, count_params
 from ..runtime import allocator, set_threads, tune_cpu_allocator

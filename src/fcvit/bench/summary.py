@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 
-from ..engine.jsonio import dumps
-from ..errors import positive_int
 from ..hub import create
 from ..models._registry import list_models, paper_figures, paper_variants
 from ..models.complexity import count_complexity, count_params
@@ -59,20 +56,3 @@ def format_markdown(rows: list[dict], img_size: int) -> str:
             f"| {cell(r['paper_gmacs'])} | {cell(r['paper_macts'])} | {cell(r['paper_top1'])} |"
         )
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> None:
-    rows = model_table(args.filter, args.img_size)
-    if not rows:
-        raise ValueError(f"no registered model matches --filter {args.filter!r} (fcvit models lists them all)")
-    print(dumps(rows, indent=2) if args.json else format_markdown(rows, args.img_size))
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="list registered models with params, GMACs and activations")
-    p.add_argument("--filter", default="*", help="shell-style pattern on model names, e.g. 'fcvit_*'")
-    p.add_argument(
-        "--img-size", type=positive_int, default=224, help="square input size for the GMAC and activation counts"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    p.set_defaults(func=run)

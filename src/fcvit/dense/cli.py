@@ -104,7 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(task, model) from the checkpoint or run directory ``args.checkpoint``; ``--data-dir`` overrides the config's."""
-    from ..accel import command_backend, optimize
+    from ..accel import optimize
+    from ..errors import command_backend
     from .engine import load_trained
 
     config, ckpt = load_trained(args.checkpoint, args.task)

@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
-from ..accel import command_backend, optimize
+from ..accel import optimize
 from ..engine.checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
 from ..engine.config import save_config
 from ..engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers, cleanup_distributed, init_distributed
 from ..engine.logger import Progress, RunLogger
 from ..engine.rng import preserved_rng, seed_everything
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, command_backend
 from ..runtime import adapt_threads
 
 __all__ = ["BEST", "LAST", "DenseTask", "eval_loader", "evaluate_split", "load_trained", "train"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import RankLostError
+from ..errors import DEFAULT_TIMEOUT_S, RankLostError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -49,7 +49,6 @@ __all__ = [
 # most rank 0's writes (a checkpoint of fcvit_b48 with optimizer and EMA state, ~1.4 GB: seconds to tens of
 # seconds) and start-up skew (data-loader workers, torch.compile: tens of seconds). Five minutes is ten times
 # that, and a hung rank stops the job in 5 minutes instead of torch's 30. --dist-timeout raises it.
-DEFAULT_TIMEOUT_S = 300.0
 
 # gloo's messages for a peer that stopped answering (timeout) or went away (connection closed/reset)
 _PEER_FAILURE = re.compile(r"Timed out waiting|Connection closed by peer|Connection reset by peer|Broken pipe")

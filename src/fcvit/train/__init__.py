@@ -1,5 +1,7 @@
 """Training, validation and prediction: ``fcvit train``, ``fcvit validate``, ``fcvit predict``.
 
-Reusable parts for any training loop: :mod:`.checkpoint` (atomic save, safe load), :mod:`.distributed`
-(torchrun/DDP set-up and collectives) and :mod:`.logger` (metrics.csv, TensorBoard, curves, progress).
+Modules: :mod:`.config` (the settings, declared once), :mod:`.train` (the loop, top to bottom), :mod:`.build`
+(data config and loaders), :mod:`.evaluate`, :mod:`.resume`, :mod:`.distill` (DeiT distillation), :mod:`.cli`.
+What any training loop shares (checkpoints, run directories, logging, DDP) is in :mod:`fcvit.engine`.
+Nothing heavy is imported here, so the CLI starts fast.
 """

@@ -9,9 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..accel import NO_OPTIMIZE_HELP, command_backend
 from ..engine.config import mapping_argument
-from ..errors import MODEL_KWARGS_HELP, device_argument, non_negative_int, positive_int
+from ..errors import (
+    MODEL_KWARGS_HELP,
+    NO_OPTIMIZE_HELP,
+    command_backend,
+    device_argument,
+    non_negative_int,
+    positive_int,
+)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.sets import FASHION_MNIST
 from ..engine import config as declared
 from ..engine.config import check_model_name, option
-from ..engine.distributed import DEFAULT_TIMEOUT_S
-from ..errors import device_argument
+from ..errors import DEFAULT_TIMEOUT_S, device_argument
 
 __all__ = ["DISTILL_KINDS", "TrainConfig", "add_config_arguments", "config_from_args", "load_config"]
 
@@ -84,7 +82,7 @@ class TrainConfig:
     drop: float = option(0.0, "dropout rate before the classifier", low=0, below=1)
 
     # data
-    data: str = option(FASHION_MNIST, "'fashion-mnist' or an ImageFolder root holding train/ and val/")
+    data: str = option("fashion-mnist", "'fashion-mnist' or an ImageFolder root holding train/ and val/")
     data_dir: str | None = option(None, "torchvision-style root holding Fashion-MNIST (default: Debian's system copy)")
     train_split: str = option("train", "sub-folder (or Fashion-MNIST split) to train on")
     val_split: str = option(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..accel import command_backend
+from ..errors import command_backend
 from ..hub import load
 from .config import TrainConfig
 

@@ -34,7 +34,7 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..accel import command_backend, optimize
+from ..accel import optimize
 from ..data.fingerprint import check_same_data, data_fingerprint
 from ..data.sets import is_fashion_mnist, open_dataset
 from ..engine.checkpoint import load_checkpoint, read_weights, run_checkpoint, save_checkpoint
@@ -51,7 +51,7 @@ from ..engine.distributed import (
 from ..engine.logger import Progress, RunLogger, format_duration
 from ..engine.rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from ..engine.rundir import clean_orphans, new_run_dir
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, command_backend
 from ..hub import check_finite, create, create_pretrained
 from ..models.complexity import count_params
 from ..runtime import adapt_threads
