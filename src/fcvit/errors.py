@@ -49,9 +49,26 @@ def report_error(command: str, e: BaseException) -> int:
     return USER_ERROR
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse's help with each flag's default once, as ``[default: X]``, where the help does not say it already
+    (argparse's own ArgumentDefaultsHelpFormatter also prints ``(default: None)`` and ``(default: False)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} [default: {str(shown).replace('%', '%%')}]"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a mistake is one line (``fcvit train: error: ...``) and a pointer to ``--help``, not the
-    whole usage (which for ``fcvit train`` is a page of flags)."""
+    whole usage (which for ``fcvit train`` is a page of flags); every flag's help shows its default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -80,7 +80,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder (its val/ subfolder if any) or 'fashion-mnist'")
     p.add_argument("--data-dir", help="torchvision-style Fashion-MNIST root (default: the system copy)")
     p.add_argument("--limit", type=positive_int, help="analyse the first N images only")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loader workers")
     p.add_argument("--round", type=int, default=-1, help="FCViT mixing round whose similarity is analysed")
 
@@ -424,7 +424,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a = sub.add_parser("attention", help="Fig. 2 grids: attention of chosen query points, per head, over images")
     _add_model_args(a)
     _add_image_args(a)
-    a.add_argument("--block", type=int, default=-1, help=ATTENTION_BLOCKS + " (default: last)")
+    a.add_argument("--block", type=int, default=-1, help=ATTENTION_BLOCKS)
     a.add_argument("--heads", type=_ints, help="comma-separated heads to draw (default: all)")
     a.add_argument(
         "--points",
@@ -442,8 +442,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m = sub.add_parser("similarity", help="Fig. 5: FCViT's token-global similarity per group, optionally beside a ViT")
     _add_model_args(m)
     _add_image_args(m)
-    m.add_argument("--block", type=int, default=-1, help=SIMILARITY_BLOCKS + " (default: last)")
-    m.add_argument("--round", type=int, default=-1, help="mixing round of the block (default: last)")
+    m.add_argument("--block", type=int, default=-1, help=SIMILARITY_BLOCKS)
+    m.add_argument("--round", type=int, default=-1, help="mixing round of the block, negative from the end")
     m.add_argument("--compare", metavar="VIT_MODEL", help="draw this ViT's per-head attention of its last block below")
     m.add_argument("--compare-checkpoint", help="weights of the --compare model")
     m.add_argument(

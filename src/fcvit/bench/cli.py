@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import non_negative_int, positive_int
+from ..errors import device_argument, non_negative_int, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,10 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plain", action="store_true", help="add a plain row (not optimised) for each FCViT model")
     p.add_argument("--no-optimize", action="store_true", help="benchmark every model as timm.create_model returns it")
     p.add_argument("--reference", help="model the ratios are taken against (default: first non-FCViT model)")
-    p.add_argument("--mode", choices=("infer", "train", "both"), default="both")
-    p.add_argument("--img-size", type=positive_int, default=224)
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--mode", choices=("infer", "train", "both"), default="both", help="what to time")
+    p.add_argument("--img-size", type=positive_int, default=224, help="square input size")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
+    p.add_argument("--device", default="cpu", type=device_argument, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for models and input")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")

@@ -219,7 +219,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ev = actions.add_parser("eval", help=f"evaluate a checkpoint ({METRICS_HELP[task]})")
         ev.add_argument("checkpoint", help="a .pth written by train, or a run directory (its checkpoint-best.pth)")
         ev.add_argument("--data-dir", default=None, help="dataset root (default: the one trained on)")
-        ev.add_argument("--split", default="val")
+        ev.add_argument("--split", default="val", help="split to evaluate")
         ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
         _common(ev, task)
         ev.set_defaults(func=run_eval)

@@ -103,8 +103,10 @@ def _default(f: dataclasses.Field) -> Any:
 def describe_default(f: dataclasses.Field) -> str:
     """The ``[default: ...]`` of a field's help: its value, or for ``None`` what is chosen automatically."""
     default = _default(f)
-    if default is None and f.metadata.get("auto"):
+    if default in (None, "") and f.metadata.get("auto"):
         return f"auto: {f.metadata['auto']}"
+    if default == "":
+        return "none"
     if isinstance(default, (list, tuple)):
         return " ".join(str(v) for v in default) or "none"
     return str(default)

@@ -83,7 +83,7 @@ class TrainConfig:
 
     # data
     data: str = option("fashion-mnist", "'fashion-mnist' or an ImageFolder root holding train/ and val/")
-    data_dir: str | None = option(None, "torchvision-style root holding Fashion-MNIST (default: Debian's system copy)")
+    data_dir: str | None = option(None, "torchvision-style root holding Fashion-MNIST", auto="Debian's system copy")
     train_split: str = option("train", "sub-folder (or Fashion-MNIST split) to train on")
     val_split: str = option(
         "val", "sub-folder (or Fashion-MNIST split) to validate on ('val' is Fashion-MNIST's test set)"
@@ -166,7 +166,7 @@ class TrainConfig:
 
     # distillation (DeiT): a teacher's predictions as the targets of the student's distillation token
     teacher: str = option("", "teacher checkpoint (fcvit train, timm or official FCViT); needs --distill hard|soft")
-    teacher_model: str = option("", "timm model name of the teacher (default: the one recorded in its checkpoint)")
+    teacher_model: str = option("", "timm model name of the teacher", auto="the one recorded in its checkpoint")
     teacher_ema: bool = option(False, "use the teacher checkpoint's EMA weights")
     distill: str = option(
         "none",
@@ -202,7 +202,7 @@ class TrainConfig:
     # run directory
     output: str = option("runs", "parent directory of run directories")
     experiment: str = option(
-        "", "run directory name (default: MODEL-DATA-TIMESTAMP-RANDOM; --resume continues in the checkpoint's)"
+        "", "run directory name (--resume continues in the checkpoint's)", auto="MODEL-DATA-TIMESTAMP-RANDOM"
     )
     resume: str = option("", "resume from this checkpoint (model, EMA, optimizer, scheduler, scaler, step, RNG)")
     checkpoint_every: int = option(
