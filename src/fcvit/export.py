@@ -344,7 +344,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="input size (default: the checkpoint's, else the model's; batch dynamic)",
     )
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help="ONNX opset, 17 or newer (refused if the exporter writes another)",
+    )
     p.add_argument(
         "--tolerance",
         type=float,
