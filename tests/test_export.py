@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from train_utils import TINY_KWARGS
 import fcvit
 from fcvit.cli import main
 from fcvit.engine.checkpoint import save_checkpoint
+from fcvit.errors import CheckpointError
 from fcvit.export import (
+    FORMATS,
     RECORD_KEYS,
     export_onnx,
     export_program,
@@ -116,22 +119,25 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def test_every_format_carries_the_checkpoints_record(tmp_path, capsys):
-    """What the checkpoint records comes back from each file through its own runtime's API, and the ONNX file's
-    data config alone preprocesses a grey image of another size for onnxruntime."""
+    """What the checkpoint records comes back from each file through its own runtime's API (an --img-size given
+    replaces the recorded input size, and says so), and the ONNX file's data config alone preprocesses a grey image
+    of another size for onnxruntime."""
     model = grey_checkpoint(tmp_path / "grey.pth")
     outputs = {
         "onnx": tmp_path / "m.onnx",
         "exported-program": tmp_path / "m.pt2",
         "safetensors": tmp_path / "m.safetensors",
     }
+    sizes = {"onnx": 32, "exported-program": 32, "safetensors": 48}
     capsys.readouterr()
     for fmt, out in outputs.items():
         args = ["export", "--checkpoint", str(tmp_path / "grey.pth"), "--format", fmt, "--output", str(out)]
-        assert main(args) == 0
+        assert main([*args, *(["--img-size", "48"] if sizes[fmt] == 48 else [])]) == 0
         printed = capsys.readouterr().out
-        assert "input [B, 1, H, W] at 32x32" in printed and "record: model fcvit_tiny, 3 classes" in printed
-        if fmt != "safetensors":
-            assert "max abs difference" in printed
+        assert f"input [B, 1, H, W] at {sizes[fmt]}x{sizes[fmt]}" in printed
+        assert "record: model fcvit_tiny, 3 class names" in printed
+        assert ("--img-size 48 (the checkpoint records 32)" in printed) == (sizes[fmt] == 48)
+        assert ("max abs difference" in printed) == (fmt != "safetensors")
         assert "[torch.onnx]" not in printed  # the exporter's progress goes to stderr: stdout holds results
 
     session = ort.InferenceSession(str(outputs["onnx"]), providers=["CPUExecutionProvider"])
@@ -143,7 +149,9 @@ def test_every_format_carries_the_checkpoints_record(tmp_path, capsys):
     for fmt, found in zip(outputs, (from_onnx, from_program, from_safetensors)):
         assert found["model"] == "fcvit_tiny" and found["fcvit_version"] == fcvit.__version__, fmt
         assert json.loads(found["model_kwargs"]) == TINY_KWARGS and int(found["num_classes"]) == 3, fmt
-        assert json.loads(found["class_names"]) == NAMES and json.loads(found["data_config"]) == GREY_CONFIG, fmt
+        assert json.loads(found["class_names"]) == NAMES, fmt
+        size = [1, sizes[fmt], sizes[fmt]]
+        assert json.loads(found["data_config"]) == {**GREY_CONFIG, "input_size": size}, fmt
         assert read_record(outputs[fmt], fmt) == {k: found[k] for k in RECORD_KEYS}, fmt
 
     transform = timm.data.create_transform(**json.loads(from_onnx["data_config"]))
@@ -199,18 +207,29 @@ def test_non_finite_outputs_fail_the_check(tmp_path, capsys):
 
 
 def test_non_finite_weights_are_refused(tmp_path, capsys):
+    """From a checkpoint (the front door refuses it) and from a model in memory (each export function does)."""
+
     def poison(model: torch.nn.Module) -> None:
         model.stages[0].blocks[0].norm1.weight[1] = math.nan
         model.head.weight[0, 0] = math.inf
 
-    grey_checkpoint(tmp_path / "nan.pth", poison)
-    for fmt in ("onnx", "exported-program", "safetensors"):
+    model = grey_checkpoint(tmp_path / "nan.pth", poison)
+    first = "tensor 'stages.0.blocks.0.norm1.weight' holds 1 non-finite value(s) (NaN or inf) of 8"
+    for fmt in FORMATS:
         out = tmp_path / f"m.{fmt}"
         capsys.readouterr()
         assert main(["export", "--checkpoint", str(tmp_path / "nan.pth"), "--format", fmt, "--output", str(out)]) == 1
-        err = one_line_error(capsys)
-        assert "'stages.0.blocks.0.norm1.weight' holds 1 NaN/Inf value(s) of 8" in err, err  # the first one
+        assert f"{tmp_path / 'nan.pth'}: {first}" in one_line_error(capsys)
         assert not out.exists()
+    record = export_record("fcvit_tiny", TINY_KWARGS, 3, NAMES, GREY_CONFIG)
+    for export in (
+        lambda path: export_onnx(model, path, 32, in_chans=1),
+        lambda path: export_program(model, path, 32, in_chans=1),
+        lambda path: export_safetensors(model, path, record),
+    ):
+        with pytest.raises(ValueError, match=f"^the model to export: {re.escape(first)}"):
+            export(tmp_path / "m")
+        assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.skipif(not TINY_CKPT.exists(), reason=f"official fixture not found at {TINY_CKPT} (../shared absent)")
@@ -230,7 +249,7 @@ def test_cli_official_checkpoint_to_safetensors_and_back(tmp_path):
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'fcvit_huge'"):
         load_model("fcvit_huge")
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(CheckpointError, match="missing.pth does not exist"):
         load_model("fcvit_tiny", checkpoint=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="opset must be 17 .* got 16"):
         export_onnx(small_model(), str(tmp_path / "m.onnx"), img_size=32, opset=16)

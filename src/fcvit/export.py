@@ -13,10 +13,11 @@ model name and creation arguments, the class count and names, timm's eval data c
 interpolation, crop; ``timm.data.create_transform(**json.loads(record["data_config"]))`` is the preprocessing)
 and the fcvit version.
 
-Nothing half-done reaches the target: weights holding NaN/Inf are refused before any work; every file is written
-to a temporary name beside the target, checked there (ONNX: onnxruntime against PyTorch; a program: the
-``torch.export.load``-ed program against PyTorch), and only then moved over the target (``os.replace``). A failed
-export leaves an existing file as it was and no temporary file behind.
+Nothing half-done reaches the target: weights holding NaN/Inf are refused before any work (the front door's
+:func:`~fcvit.hub.check_finite`); every file is written to a temporary name beside the target, checked there
+(ONNX: onnxruntime against PyTorch; a program: the ``torch.export.load``-ed program against PyTorch), and only
+then moved over the target (``os.replace``). A failed export leaves an existing file as it was and no temporary
+file behind.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
 from . import __version__
 from .engine.atomic import atomic_write
-from .errors import positive_int
+from .errors import positive_float, positive_int
+from .hub import check_finite
 
 FORMATS = ("onnx", "exported-program", "safetensors")
 DEFAULT_OPSET = 18
@@ -58,15 +60,20 @@ def load_model(
 
 
 def load_model_and_config(
-    name: str | None, checkpoint: str | None = None, num_classes: int | None = None, in_chans: int | None = None
+    name: str | None,
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    img_size: int | None = None,
 ) -> LoadedModel:
     """The :class:`~fcvit.hub.LoadedModel` of ``checkpoint`` (its record gives the model, classes, input size,
-    mean/std and class names), or of a new model ``name``."""
+    mean/std and class names), or of a new model ``name``; ``img_size`` replaces the recorded input size."""
     from .hub import load
 
     if not (name or checkpoint):
         raise ValueError("give --model, --checkpoint or both")
-    return load(checkpoint or name, model=name if checkpoint else None, num_classes=num_classes, in_chans=in_chans)
+    model = name if checkpoint else None
+    return load(checkpoint or name, model=model, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
 
 
 def export_record(
@@ -131,17 +138,6 @@ def read_record(path: str | os.PathLike, fmt: str | None = None) -> dict[str, st
             f"{path} carries no fcvit export record (missing {', '.join(missing)}); was it written by fcvit export?"
         )
     return {k: found[k] for k in RECORD_KEYS}
-
-
-def check_finite(model: nn.Module) -> None:
-    """Refuse weights holding NaN or Inf, naming the first such tensor: they export, and the file's runtime then
-    agrees with PyTorch on meaningless outputs."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            bad = int((~tensor.isfinite()).sum())
-            raise ValueError(
-                f"model tensor {name!r} holds {bad} NaN/Inf value(s) of {tensor.numel()}: refusing to export it"
-            )
 
 
 def _example(model: nn.Module, size: tuple[int, int], batch: int = 2, in_chans: int | None = None) -> torch.Tensor:
@@ -232,7 +228,7 @@ def export_onnx(
         raise ValueError(
             f"ONNX opset must be 17 (LayerNorm/GroupNorm ops) to {newest} (onnx {onnx.__version__}), got {opset}"
         )
-    check_finite(model)
+    check_finite(model.state_dict(), "the model to export")
     model, size = model.eval(), to_2tuple(img_size)
     # the exporter prints its progress ("[torch.onnx] ...") on stdout, where commands print their results
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
@@ -267,7 +263,7 @@ def export_program(
 ) -> float:
     """Write ``torch.export.export(model)`` (inference graph, dynamic batch axis) with ``torch.export.save``,
     ``record`` as its extra files, checked by loading it back against ``model``; the largest difference."""
-    check_finite(model)
+    check_finite(model.state_dict(), "the model to export")
     model, size = model.eval(), to_2tuple(img_size)
     with torch.no_grad():
         program = torch.export.export(
@@ -289,7 +285,7 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, record: dict[s
     pipeline from the file alone."""
     from safetensors.torch import save_file
 
-    check_finite(model)
+    check_finite(model.state_dict(), "the model to export")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {**record, "format": "pt"}  # "format": safetensors' convention for torch tensors
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
@@ -303,14 +299,12 @@ def load_safetensors(path: str | os.PathLike) -> nn.Module:
 def run(args: argparse.Namespace) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
-    trained = load_model_and_config(args.model, args.checkpoint, args.num_classes, args.in_chans)
-    model, (in_chans, *recorded) = trained.model, trained.data_config["input_size"]
-    size = to_2tuple(args.img_size) if args.img_size else tuple(recorded)
-    data_config = {**trained.data_config, "input_size": [in_chans, *size]}
-    record = export_record(trained.name, trained.model_kwargs, model.num_classes, trained.class_names, data_config)
+    loaded = load_model_and_config(args.model, args.checkpoint, args.num_classes, args.in_chans, args.img_size)
+    model, (in_chans, *size) = loaded.model, loaded.data_config["input_size"]
+    record = export_record(loaded.name, loaded.model_kwargs, loaded.num_classes, loaded.class_names, loaded.data_config)
     shape = f"input [B, {in_chans}, H, W] at {size[0]}x{size[1]}"
-    if tuple(recorded) != size:
-        shape += f" (--img-size {args.img_size}; the checkpoint or model says {recorded[0]}x{recorded[1]})"
+    if loaded.overrides:
+        shape += f" ({'; '.join(loaded.overrides)})"
     checked = f"max abs difference {{:.2e}} (batch {' and '.join(map(str, CHECK_BATCHES))})"
     if args.format == "onnx":
         error = export_onnx(model, args.output, size, args.opset, in_chans, record=record, tolerance=args.tolerance)
@@ -321,10 +315,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         export_safetensors(model, args.output, record)
         print(f"wrote {args.output}: state dict; {shape}")
-    names = len(trained.class_names)
-    print(
-        f"record: model {trained.name}, {model.num_classes} classes ({names} names), data config, fcvit {__version__}"
-    )
+    print(f"record: model {loaded.name}, {loaded.num_classes} class names, data config, fcvit {__version__}")
     return 0
 
 
@@ -352,7 +343,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=positive_float,
         default=DEFAULT_TOLERANCE,
         help="largest accepted difference between the exported file's outputs and PyTorch's (ONNX, program)",
     )
