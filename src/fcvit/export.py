@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
@@ -39,7 +40,6 @@ from torch import nn
 if TYPE_CHECKING:
     from .hub import LoadedModel
 
-from . import __version__
 from .engine.atomic import atomic_write
 from .errors import positive_float, positive_int
 from .hub import check_finite
@@ -96,7 +96,7 @@ def export_record(
         "num_classes": str(num_classes),
         "class_names": json.dumps(list(class_names)),
         "data_config": json.dumps({k: data_config[k] for k in DATA_CONFIG_KEYS}),
-        "fcvit_version": __version__,
+        "fcvit_version": importlib.metadata.version("fcvit"),  # the installed distribution's
     }
 
 
@@ -315,7 +315,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         export_safetensors(model, args.output, record)
         print(f"wrote {args.output}: state dict; {shape}")
-    print(f"record: model {loaded.name}, {loaded.num_classes} class names, data config, fcvit {__version__}")
+    print(
+        f"record: model {loaded.name}, {loaded.num_classes} class names, data config, fcvit {record['fcvit_version']}"
+    )
     return 0
 
 
