@@ -23,7 +23,6 @@ from train_utils import TINY_KWARGS
 import fcvit
 from fcvit.cli import main
 from fcvit.engine.checkpoint import save_checkpoint
-from fcvit.errors import CheckpointError
 from fcvit.export import (
     FORMATS,
     RECORD_KEYS,
@@ -249,7 +248,7 @@ def test_cli_official_checkpoint_to_safetensors_and_back(tmp_path):
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'fcvit_huge'"):
         load_model("fcvit_huge")
-    with pytest.raises(CheckpointError, match="missing.pth does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
         load_model("fcvit_tiny", checkpoint=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="opset must be 17 .* got 16"):
         export_onnx(small_model(), str(tmp_path / "m.onnx"), img_size=32, opset=16)
