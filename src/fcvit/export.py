@@ -33,16 +33,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from timm.layers import to_2tuple
-from torch import nn
+if TYPE_CHECKING:  # the module imports torch and timm only when it works: `fcvit --help` stays fast
+    import torch
+    from torch import nn
 
-if TYPE_CHECKING:
     from .hub import LoadedModel
 
 from .engine.atomic import atomic_write
 from .errors import positive_float, positive_int
-from .hub import check_finite
 
 FORMATS = ("onnx", "exported-program", "safetensors")
 DEFAULT_OPSET = 18
@@ -123,6 +121,8 @@ def read_record(path: str | os.PathLike, fmt: str | None = None) -> dict[str, st
 
             found = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
         elif fmt == "exported-program":
+            import torch
+
             found = dict.fromkeys(RECORD_KEYS, "")  # torch.export.load fills in the extra files it finds
             torch.export.load(str(path), extra_files=found)
         else:
@@ -140,12 +140,25 @@ def read_record(path: str | os.PathLike, fmt: str | None = None) -> dict[str, st
     return {k: found[k] for k in RECORD_KEYS}
 
 
+def _checked(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode; weights holding NaN or Inf are refused in one line naming the first such tensor (the
+    front door's check: they would export, and the file's runtime would agree with PyTorch on meaningless output)."""
+    from .hub import check_finite
+
+    check_finite(model.state_dict(), "the model to export")
+    return model.eval()
+
+
 def _example(model: nn.Module, size: tuple[int, int], batch: int = 2, in_chans: int | None = None) -> torch.Tensor:
+    import torch
+
     in_chans = in_chans or getattr(model, "in_chans", 3)
     return torch.randn(batch, in_chans, *size, generator=torch.Generator().manual_seed(0))
 
 
 def _batch_dynamic() -> tuple[dict[int, object]]:
+    import torch
+
     return ({0: torch.export.Dim("batch", min=1, max=65536)},)
 
 
@@ -158,6 +171,9 @@ def max_difference(
 ) -> float:
     """Largest absolute difference between ``forward(x)`` (an exported file's runtime) and ``model(x)`` over
     ``batch_sizes``; NaN or Inf when either side gives a non-finite output where the other does not, or both do."""
+    import torch
+    from timm.layers import to_2tuple
+
     differences = []
     for b in batch_sizes:
         x = _example(model, to_2tuple(img_size), b, in_chans)
@@ -198,6 +214,7 @@ def _write_verified(
 def _onnxruntime_forward(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The exported file's CPU onnxruntime session as a tensor-to-tensor function."""
     import onnxruntime as ort
+    import torch
 
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -222,14 +239,15 @@ def export_onnx(
     """Write ``model`` as ONNX (dynamo exporter, dynamic batch axis, input ``image``, output ``logits``, ``record``
     in its ``metadata_props``), checked with onnxruntime (CPU) against PyTorch; the largest difference."""
     import onnx
+    import torch
+    from timm.layers import to_2tuple
 
     newest = onnx.defs.onnx_opset_version()
     if not 17 <= opset <= newest:
         raise ValueError(
             f"ONNX opset must be 17 (LayerNorm/GroupNorm ops) to {newest} (onnx {onnx.__version__}), got {opset}"
         )
-    check_finite(model.state_dict(), "the model to export")
-    model, size = model.eval(), to_2tuple(img_size)
+    model, size = _checked(model), to_2tuple(img_size)
     # the exporter prints its progress ("[torch.onnx] ...") on stdout, where commands print their results
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         program = torch.onnx.export(
@@ -263,8 +281,10 @@ def export_program(
 ) -> float:
     """Write ``torch.export.export(model)`` (inference graph, dynamic batch axis) with ``torch.export.save``,
     ``record`` as its extra files, checked by loading it back against ``model``; the largest difference."""
-    check_finite(model.state_dict(), "the model to export")
-    model, size = model.eval(), to_2tuple(img_size)
+    import torch
+    from timm.layers import to_2tuple
+
+    model, size = _checked(model), to_2tuple(img_size)
     with torch.no_grad():
         program = torch.export.export(
             model, (_example(model, size, in_chans=in_chans),), dynamic_shapes=_batch_dynamic()
@@ -285,8 +305,7 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, record: dict[s
     pipeline from the file alone."""
     from safetensors.torch import save_file
 
-    check_finite(model.state_dict(), "the model to export")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in _checked(model).state_dict().items()}
     metadata = {**record, "format": "pt"}  # "format": safetensors' convention for torch tensors
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
