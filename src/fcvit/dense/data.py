@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data import load_image
 from ..engine.config import validate
 from ..engine.jsonio import write_json
 from .config import CanvasConfig
@@ -313,7 +314,7 @@ class SemanticSegmentation(Dataset):
         from torchvision import tv_tensors
 
         img_path, ann_path = self.pairs[index]
-        image = np.asarray(Image.open(img_path).convert("RGB"))
+        image = np.asarray(load_image(img_path))
         label = np.asarray(Image.open(ann_path))
         if label.ndim != 2 or label.shape != image.shape[:2]:
             raise ValueError(

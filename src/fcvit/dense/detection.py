@@ -18,6 +18,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
+from ..data import load_image
 from ..engine.jsonio import write_json
 from .backbone import FCViTFPN, create_feature_backbone, normalization
 from .config import DetConfig
@@ -277,7 +278,7 @@ def predict_detection(
     set_image_sizes(model, (test_size,))
     records = []
     for path in files:
-        image = pil_to_tensor(Image.open(path).convert("RGB"))
+        image = pil_to_tensor(load_image(path))
         output = {k: v.cpu() for k, v in model([image.to(device).float() / 255])[0].items()}
         overlay = draw_detections(image, output, class_names, score_threshold)
         target = out_dir / f"{path.stem}_det.png"

@@ -26,6 +26,7 @@ from timm.layers import ConvNormAct
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data import load_image
 from .backbone import FCViTFPN, create_feature_backbone, normalization
 from .config import SegConfig
 from .data import IGNORE_INDEX, SemanticSegmentation, read_class_names
@@ -249,7 +250,7 @@ def predict_segmentation(
     colours = palette(num_classes)
     written = []
     for path in files:
-        rgb = Image.open(path).convert("RGB")
+        rgb = load_image(path)
         image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
         labels = predict_labels(model, transform(image)[None].to(device), image.shape[-2:])[0].cpu().numpy()
         label_png = Image.fromarray(labels.astype(np.uint8))  # mode L; putpalette makes it P
