@@ -286,7 +286,8 @@ def test_the_study_package_never_imports_the_cli():
         (dict(arms=[dict(name="a", source=dict(study="s", arm="x"))]), "needs an 'analysis'"),
         (dict(arms=[dict(name="a")], analysis=dict(maps={})), "unknown key(s) ['maps']"),
         (dict(arms=[dict(name="a")], sedes=2), "unknown key(s) ['sedes']"),
-        (dict(arms=[dict(name="a", seeds=0)]), "'seeds' must be a positive integer"),
+        (dict(arms=[dict(name="a", seeds=0)]), "'seeds' must be an integer from 1 to 1000, got 0"),
+        (dict(arms=[dict(name="a")], seeds=100000000000), "'seeds' must be an integer from 1 to 1000"),
         (dict(arms=[dict(name="a")], comparisons=[dict(arm="z")]), "arm 'z' is not an arm"),
         (
             dict(arms=[dict(name="a"), dict(name="b")], comparisons=[dict(arm="b", against="a", claim="big")]),

@@ -74,6 +74,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def int_between(low: int, high: int, why: str = ""):
+    """argparse type: an integer in [low, high]; ``why`` says what the upper bound protects (in the error)."""
+
+    def parse(text: str) -> int:
+        value = _int_at_least(text, low)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{why}, got {value}")
+        return value
+
+    return parse
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (sizes, counts, limits)."""
     return _int_at_least(text, 1)

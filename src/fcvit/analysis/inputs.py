@@ -8,6 +8,7 @@ so grey Fashion-MNIST feeds RGB models).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,24 +58,46 @@ def to_display(x: torch.Tensor, cfg: dict[str, Any]) -> np.ndarray:
 def build_dataset(
     data: str, cfg: dict[str, Any], limit: int | None = None, data_dir: str | os.PathLike | None = None
 ) -> Dataset:
-    """``fashion-mnist`` (its test split, from ``data_dir`` or the system copy) or an image folder (its ``val/``
-    subfolder if any, read by timm).
+    """``fashion-mnist`` (its test split, from ``data_dir`` or the system copy), an image folder with class
+    sub-folders (its ``val/`` sub-folder if any: :func:`fcvit.data.sets.open_dataset`), or a flat folder of images.
 
-    Items are ``(input tensor, label)`` through the eval transform of ``cfg``; ``limit`` keeps the first N.
-    timm's folder reader takes images with or without class subfolders.
+    Items are ``(input tensor, label)`` through the eval transform of ``cfg``; ``limit`` keeps the first N. Files
+    are read as every command reads them (:func:`fcvit.data.load_image`: EXIF orientation, 16-bit and float
+    images by their range; symlinks followed once, FIFOs and devices never opened).
     """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     from ..data import FashionMNIST
+    from ..data.folder import ImageFolderDataset
     from ..data.transforms import create_eval_transform
 
     transform = create_eval_transform(cfg)
     if data == "fashion-mnist":
         return FashionMNIST("test", root=data_dir, transform=transform, limit=limit)
-    if not os.path.isdir(data):
+    root = Path(data)
+    if not root.is_dir():
         raise FileNotFoundError(f"data folder {data!r} does not exist (give a folder of images or 'fashion-mnist')")
-    from timm.data import create_dataset
-
-    dataset = create_dataset("", root=data, split="validation")
+    folder = root / "val" if (root / "val").is_dir() else root
+    if any(p.is_dir() for p in folder.iterdir()):
+        dataset: Dataset = ImageFolderDataset(folder, transform=transform)
+    else:
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+        dataset = _FlatFolder(images, transform)  # is_file(): regular files only (a FIFO would block)
     if len(dataset) == 0:
         raise ValueError(f"data folder {data!r} holds no images")
-    dataset.transform = transform
     return Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
+
+
+class _FlatFolder(Dataset):
+    """The images of a folder without class sub-folders, label 0: what an analysis needs (no labels)."""
+
+    def __init__(self, paths: list[Path], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from ..data import load_image
+
+        return self.transform(load_image(self.paths[index])), 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import non_negative_int, positive_int
+from ..errors import int_between, non_negative_int, positive_int
+from .study import MAX_SEEDS
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -59,7 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run what is missing of a study (finished runs are skipped, killed ones resumed)")
     r.add_argument("study", metavar="STUDY.yaml", help="the study file")
     r.add_argument("--arms", nargs="+", metavar="NAME", help="run these arms only (default: all)")
-    r.add_argument("--seeds", type=positive_int, metavar="N", help="seeds per arm (default: the study's)")
+    r.add_argument(
+        "--seeds",
+        type=int_between(1, MAX_SEEDS, f" (a study of {MAX_SEEDS} seeds per arm runs for months on one machine)"),
+        metavar="N",
+        help="seeds per arm (default: the study's)",
+    )
     r.add_argument("--root", default="studies", help="parent of study directories [default: studies]")
     r.add_argument(
         "--executor",

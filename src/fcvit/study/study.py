@@ -48,6 +48,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RUNNER_KEYS = ("seed", "output", "experiment", "resume", "teacher")
 
 
+MAX_SEEDS = 1000  # seeds per arm: a study of that many runs for months on one machine
+
+
 class StudyError(ValueError):
     """A study file (or a study directory) that cannot be run or reported as it stands."""
 
@@ -115,8 +118,8 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _seed_count(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise StudyError(f"{where}: 'seeds' must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEEDS:
+        raise StudyError(f"{where}: 'seeds' must be an integer from 1 to {MAX_SEEDS}, got {value!r}")
     return value
 
 
