@@ -223,3 +223,35 @@ def test_command_adapts_its_team_at_every_step_unless_told_not_to():
     assert "other processes used 1.0 of 2 CPUs: 1 torch thread from now on" in result.stderr
     assert may_adapt_threads({}) and may_adapt_threads({"FCVIT_ADAPT_THREADS": "1"})
     assert not may_adapt_threads({"OMP_NUM_THREADS": "2"}) and not may_adapt_threads({"FCVIT_ADAPT_THREADS": "0"})
+
+
+API_PROBE = """
+import fcvit, timm, torch
+from fcvit import runtime
+print(runtime._state["adapt"])  # a program that merely imports fcvit: its team is its own
+model = fcvit.optimize(timm.create_model("fcvit_tiny", depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]).eval())
+print(runtime._state["adapt"])
+if runtime._state["adapt"]:
+    clock, busy = iter([0.0, 3.0]), iter([0.0, 3.0 + 2 * 3.0])  # the others used one core in those 3 s
+    runtime._state["governor"] = runtime.ThreadGovernor(
+        [0, 1], 2, torch.set_num_threads, busy=lambda c: next(busy), own=iter([0.0, 2 * 3.0]).__next__,
+        clock=clock.__next__)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+        model(torch.randn(1, 3, 32, 32))
+    print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"FCVIT_ADAPT_THREADS": "0"}, {"OMP_NUM_THREADS": "2"}])
+def test_optimized_models_fit_the_team_in_a_users_program_too(env):
+    """fcvit.optimize's CPU path re-fits torch's team to the free cores at each forward (issue 28, item 8: from the
+    Python API it must not collapse under load more than the plain model); the user's settings turn it off."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FCVIT_ADAPT_THREADS")}
+    result = subprocess.run([sys.executable, "-c", API_PROBE], capture_output=True, text=True, env={**base, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split()
+    if env:
+        assert lines == ["False", "False"]
+    else:
+        assert lines == ["False", "True", "1"] and "1 torch thread from now on" in result.stderr

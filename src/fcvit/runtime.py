@@ -45,7 +45,7 @@ TRIM_THRESHOLD = 2**31 - 1
 
 ADAPT_INTERVAL_S = 2.0  # how often the thread team is re-fitted to the free cores
 
-_state: dict = {"allocator": "default", "adapt": False, "governor": None}
+_state: dict = {"allocator": "default", "adapt": False, "governor": None, "pinned": False}
 
 
 def is_fcvit_command() -> bool:
@@ -228,7 +228,15 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _state["adapt"] = False
+    _state["adapt"], _state["pinned"] = False, True
+
+
+def adapt_threads_from_now_on() -> None:
+    """Let :func:`adapt_threads` re-fit torch's team in this process too (a user's program that asked for
+    :func:`fcvit.optimize`'s CPU path), unless the user set ``OMP_NUM_THREADS`` or ``FCVIT_ADAPT_THREADS=0`` or
+    the team was fixed by :func:`set_threads`."""
+    if not _state["pinned"]:
+        _state["adapt"] = may_adapt_threads(os.environ)
 
 
 def tune_cpu_allocator() -> bool:

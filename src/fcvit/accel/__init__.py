@@ -25,6 +25,7 @@ from torch import nn
 
 from ..layers import ChannelMixer, DepthwiseConv2d, GlobalContext, PointwiseMlp
 from ..models.fcvit import FCViT, FCViTBlock, IsoFCViT, OverlapPatchEmbed
+from ..runtime import adapt_threads_from_now_on
 from .depthwise import FastDepthwiseConv2d, TritonDepthwiseConv2d
 from .fcvit import (
     FastBlocks,
@@ -77,6 +78,8 @@ def optimize(model: nn.Module, backend: str | None = "auto") -> nn.Module:
         raise ValueError(f"fcvit.optimize: unknown backend {backend!r}; choose from {BACKENDS} or None (plain)")
     if backend == "triton" and importlib.util.find_spec("triton") is None:
         raise RuntimeError("fcvit.optimize: backend 'triton' needs Triton (PyTorch's CUDA wheels bring it)")
+    if backend in ("auto", "cpu"):
+        adapt_threads_from_now_on()  # the CPU path keeps torch's team to the free cores (ChannelsLastInside)
     for m in model.modules():
         m.__class__ = _plain_class(m)
         fast = _fast_class(m, backend) if backend is not None else None

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..layers import ChannelMixer, PointwiseMlp
 from ..models.fcvit import FCViT, FCViTBlock, IsoFCViT, OverlapPatchEmbed
+from ..runtime import adapt_threads
 from .cpu import conv_gelu, run_chunked, run_chunked_in_training, run_conv
 from .dispatch import cpu_inference, eager_on
 
@@ -98,9 +99,14 @@ def like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelsLastInside:
-    """Mixin for the FCViT models: channels_last from the input on (CPU), maps handed back as the input came."""
+    """Mixin for the FCViT models: channels_last from the input on (CPU), maps handed back as the input came; and
+    on the CPU, torch's thread team kept to the cores other processes leave free (:func:`fcvit.runtime.adapt_threads`,
+    a clock check per call and a ``/proc/stat`` read every 2 s): a team waiting at every operator for a thread
+    that another process descheduled runs many times slower, and the chunked stages have more operators."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if eager_on(x, "cpu"):
+            adapt_threads()
         return like_input(super().forward_features(channels_last_on_cpu(x)), x)
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
