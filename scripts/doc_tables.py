@@ -19,8 +19,8 @@ BLOCK = re.compile(r"(<!-- generated: (fcvit models [^>]*?) -->\n)(.*?)(<!-- end
 
 def command_output(command: str) -> str:
     """The Markdown table that ``command`` (``fcvit models ...``) prints."""
-    from fcvit.cli import build_parser
     from fcvit.bench.summary import format_markdown, model_table
+    from fcvit.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(command)[1:])
     return format_markdown(model_table(args.filter, args.img_size), args.img_size)
