@@ -91,7 +91,7 @@ def test_impossible_records_are_one_line(runs, tmp_path, capsys, change, words):
 def test_empty_dict_and_directory_are_named(runs, tmp_path, capsys):
     torch.save({}, tmp_path / "empty.pth")
     assert main(["predict", "--checkpoint", str(tmp_path / "empty.pth"), "x.png"]) == 1
-    assert "holds no model weights" in _error(capsys, "predict")
+    assert "holds no tensors" in _error(capsys, "predict")
     assert main(["predict", "--checkpoint", str(runs / "a"), "x.png"]) == 1
     line = _error(capsys, "predict")
     assert "is a directory, not a checkpoint file" in line and "checkpoint-best.pth" in line

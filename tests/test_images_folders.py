@@ -170,5 +170,6 @@ def test_validate_names_other_class_names(trained, tmp_path, capsys):
         notes = [line for line in out.err.splitlines() if line.startswith("note:")]
         if notice is None:
             assert notes == []
-        else:
-            assert len(notes) == 1 and notice in notes[0] and "labels are matched by position" in notes[0]
+        else:  # the --data override of the run's record is named, then the class names that differ
+            assert len(notes) == 2 and notes[0].startswith(f"note: --data {data} (the checkpoint was trained")
+            assert notice in notes[1] and "labels are matched by position" in notes[1]

@@ -128,7 +128,9 @@ def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict[str, 
             return ckpt[key], {k: v for k, v in ckpt.items() if k not in ("model", "model_ema", "optimizer")}
     if ema:
         raise CheckpointError(f"checkpoint {path} holds no EMA weights (looked for {' or '.join(keys)})")
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    if not ckpt:
+        raise CheckpointError(f"checkpoint {path} holds no tensors (an empty dict)")
+    if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt, {}
     raise CheckpointError(f"checkpoint {path} holds no model weights (keys: {', '.join(sorted(ckpt))[:200]})")
 

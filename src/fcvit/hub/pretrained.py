@@ -32,7 +32,6 @@ from timm.models import clean_state_dict, load_pretrained, model_entrypoint, spl
 from torch import nn
 
 from ..engine.checkpoint import read_weights
-from ..errors import CheckpointError
 from ..models._checkpoints import check_tensor_shapes
 from .create import create
 from .load import names_of, weights_layout
@@ -116,8 +115,6 @@ def create_pretrained(
             unset or hold tensors the model has no place for (the first of them named).
     """
     weights = clean_state_dict(read_weights(path)[0])  # clean_state_dict: DataParallel's "module." prefixes
-    if not weights:
-        raise CheckpointError(f"checkpoint {path} holds no tensors")
     file_chans, file_classes = weights_layout(name, weights)
     kwargs = dict(model_kwargs)
     if num_classes is None:
