@@ -141,6 +141,20 @@ def test_stats_on_image_folder(tmp_path, image_dir):
         assert 0 < layer["statistics"]["entropy"] <= 1
 
 
+def test_stats_of_a_single_position_are_undefined(tmp_path, image_dir, capsys):
+    """The frame's last stage at 32 px is a 1x1 map: its statistics are "-" in the table, null in the JSON and
+    absent from the plot (not the 1.0 that head irrelevance and top-1% mass would give)."""
+    out = tmp_path / "one"
+    args = ["analyze", "stats", "--model", "test_attn_softmax", *SMALL, "--data", str(image_dir), "--workers", "0"]
+    assert main([*args, "--output", str(out)]) == 0
+    last_row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3 |")]
+    assert last_row == ["| 3 | stages.3.blocks.0.token_mixer | attention | - | - | - | - |"]
+    record = read_outputs(out, "stats.json")
+    assert record["layers"][3]["shape"][1:] == [1, 1]
+    assert set(record["layers"][3]["statistics"].values()) == {None}
+    assert all(v is not None for v in record["layers"][2]["statistics"].values())
+
+
 def test_stats_on_fashion_mnist(tmp_path):
     pytest.importorskip("fcvit.data.fashion_mnist")
     from fcvit.data.fashion_mnist import fashion_mnist_paths

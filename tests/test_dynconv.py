@@ -26,7 +26,7 @@ from fcvit.models.dynconv import (
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-TEST_VARIANTS = [f"{host}_{mixer}" for host in ("test_deit", "test_swin") for mixer in MIXERS]
+TEST_VARIANTS = [f"{host}_{mixer}" for host in ("deit_test", "test_swin") for mixer in MIXERS]
 
 
 def test_every_host_and_mixer_is_registered():
@@ -54,15 +54,15 @@ def test_softmax_host_is_timms_model(ours, theirs):
 
 def _timm_host(host: str) -> nn.Module:
     _, args, _, _ = HOSTS[host]
-    return (VisionTransformer if host == "test_deit" else SwinTransformer)(**args)
+    return (VisionTransformer if host == "deit_test" else SwinTransformer)(**args)
 
 
-@pytest.mark.parametrize("name", ["test_deit_dwattn", "test_deit_attn_ln_relu", "test_swin_dwattn"])
+@pytest.mark.parametrize("name", ["deit_test_dwattn", "deit_test_attn_ln_relu", "test_swin_dwattn"])
 @pytest.mark.parametrize("pos_embed", ["abs", "rel"])
 def test_host_weights_load_into_every_mixer(name, pos_embed):
     """The filter converts what it can (q/k rows, norm), starts the rest fresh, and the result loads strictly."""
     torch.manual_seed(0)
-    host = _timm_host("test_deit" if name.startswith("test_deit") else "test_swin")
+    host = _timm_host("deit_test" if name.startswith("deit_test") else "test_swin")
     model = timm.create_model(name, pos_embed=pos_embed)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     host_sd = host.state_dict()
@@ -120,7 +120,7 @@ def test_forward_backward(name):
     check_gradients(model)
 
 
-@pytest.mark.parametrize("name", ["test_deit_attn_scaling_relu", "test_deit_dwattn", "test_swin_attn_softmax"])
+@pytest.mark.parametrize("name", ["deit_test_attn_scaling_relu", "deit_test_dwattn", "test_swin_attn_softmax"])
 def test_other_position_embedding_trains(name):
     torch.manual_seed(0)
     model = timm.create_model(name, pos_embed="rel" if "scaling" in name else "abs")
@@ -129,12 +129,12 @@ def test_other_position_embedding_trains(name):
 
 
 def test_defaults_are_the_papers_rows():
-    ln = timm.create_model("test_deit_attn_ln")
+    ln = timm.create_model("deit_test_attn_ln")
     assert ln.cls_token is None and ln.pos_embed is None and ln.global_pool == "avg"
     assert ln.blocks[0].attn.rel_pos is not None
-    softmax = timm.create_model("test_deit_attn_softmax")
+    softmax = timm.create_model("deit_test_attn_softmax")
     assert softmax.cls_token is not None and softmax.pos_embed is not None and softmax.blocks[0].attn.rel_pos is None
-    dw = timm.create_model("test_deit_dwattn")
+    dw = timm.create_model("deit_test_dwattn")
     assert dw.cls_token is not None and dw.pos_embed is None and not hasattr(dw.blocks[0].attn, "qkv")
     swin = timm.create_model("test_swin_attn_ln_relu")
     assert swin.layers[0].blocks[0].attn.relative_position_bias_table is not None
@@ -143,7 +143,7 @@ def test_defaults_are_the_papers_rows():
     assert swin_abs.layers[0].downsample.pos_embed.shape == (1, 16, 16, 16)
 
 
-@pytest.mark.parametrize("name", ["test_deit_attn_ln_relu", "test_swin_dwattn", "test_swin_attn_scaling"])
+@pytest.mark.parametrize("name", ["deit_test_attn_ln_relu", "test_swin_dwattn", "test_swin_attn_scaling"])
 def test_script_and_fx(name):
     torch.manual_seed(0)
     model = timm.create_model(name, **({"pos_embed": "abs"} if name == "test_swin_attn_scaling" else {})).eval()
@@ -162,20 +162,22 @@ def test_features_only_and_intermediates():
     shapes = [tuple(f.shape) for f in swin(x)]  # NHWC, as timm's Swin gives them
     assert shapes == [(2, 16, 16, 16), (2, 8, 8, 32), (2, 4, 4, 64), (2, 2, 2, 128)]
     assert swin.feature_info.channels() == [16, 32, 64, 128]
-    deit = timm.create_model("test_deit_attn_ln", features_only=True, out_indices=(0, 1))
+    deit = timm.create_model("deit_test_attn_ln", features_only=True, out_indices=(0, 1))
     assert [tuple(f.shape) for f in deit(x)] == [(2, 32, 4, 4)] * 2
-    model = timm.create_model("test_deit_attn_scaling")
+    model = timm.create_model("deit_test_attn_scaling")
     model.reset_classifier(5)
     final, inter = model.forward_intermediates(x)
-    assert model.forward_head(final).shape == (2, 5) and [tuple(t.shape) for t in inter] == [(2, 32, 4, 4)] * 2
+    assert (
+        model.forward_head(final).shape == (2, 5) and [tuple(t.shape) for t in inter] == [(2, 32, 4, 4)] * 3
+    )  # one map per block
 
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="'learned'"):
-        timm.create_model("test_deit_attn_softmax", pos_embed="learned")
+        timm.create_model("deit_test_attn_softmax", pos_embed="learned")
     with pytest.raises(ValueError, match="'gelu'"):
         DynamicAttention(16, 2, activation="gelu")
-    model = timm.create_model("test_deit_attn_ln")  # 16 tokens: no class token
+    model = timm.create_model("deit_test_attn_ln")  # 16 tokens: no class token
     with pytest.raises(ValueError, match="17 tokens, made for 0 \\+ 16"):
         model.blocks[0].attn.rel_pos.token_bias(17)
 
@@ -222,7 +224,7 @@ def test_shifted_window_mask_selects_the_querys_region(mixer):
 
 
 def test_deit_relative_bias_skips_the_class_token():
-    model = timm.create_model("test_deit_attn_softmax", pos_embed="rel")
+    model = timm.create_model("deit_test_attn_softmax", pos_embed="rel")
     rel = model.blocks[0].attn.rel_pos
     bias = rel.token_bias(17)  # class token + 4 x 4 patches
     assert bias.shape == (2, 17, 17) and rel.table.shape == (2, 7 * 7)
@@ -234,7 +236,7 @@ def test_deit_relative_bias_skips_the_class_token():
 def test_deit_depthwise_attention_is_eq5():
     """o_i = q_i * mean_j k_j + sum_j p_ij k_j per head, then the output projection; no value projection."""
     torch.manual_seed(0)
-    attn = timm.create_model("test_deit_dwattn").blocks[0].attn
+    attn = timm.create_model("deit_test_dwattn").blocks[0].attn
     x = torch.randn(1, 17, 32)
     with torch.no_grad():
         q, k = attn.qk(x).reshape(1, 17, 2, 2, 16).permute(2, 0, 3, 1, 4)
@@ -287,12 +289,12 @@ def test_count_activations_on_a_constructed_model():
 
 
 def test_activations_of_a_deit_block_by_hand():
-    """test_deit (17 tokens, width 32, 2 heads, MLP 128, 2 blocks, 10 classes) at 32 px:
+    """deit_test (17 tokens, width 32, 2 heads, MLP 128, 3 blocks, 10 classes) at 32 px:
     patch conv 16 x 32; per block qkv 17 x 96, q k^T 2 x 17 x 17, attn v 17 x 32, proj 17 x 32, fc1 17 x 128,
     fc2 17 x 32; head 10."""
     per_block = 17 * 96 + 2 * 17 * 17 + 17 * 32 + 17 * 32 + 17 * 128 + 17 * 32
-    expected = 16 * 32 + 2 * per_block + 10
-    assert count_activations(timm.create_model("test_deit_attn_softmax"), (3, 32, 32)) * 1e6 == pytest.approx(expected)
+    expected = 16 * 32 + 3 * per_block + 10
+    assert count_activations(timm.create_model("deit_test_attn_softmax"), (3, 32, 32)) * 1e6 == pytest.approx(expected)
 
 
 def test_models_table_has_activations_and_paper_rows(monkeypatch):
@@ -300,15 +302,15 @@ def test_models_table_has_activations_and_paper_rows(monkeypatch):
     from fcvit.bench.summary import format_markdown, model_table
     from fcvit.models import _registry
 
-    monkeypatch.setitem(_registry._PAPER_FIGURES, "test_deit_dwattn", dict(params_m=0.06, gmacs=0.1, macts=0.2))
-    monkeypatch.setitem(_registry._PAPER_VARIANTS, "test_deit_dwattn", [(dict(pos_embed="abs"), dict(macts=0.3))])
-    rows = model_table("test_deit_dwattn", img_size=32)
+    monkeypatch.setitem(_registry._PAPER_FIGURES, "deit_test_dwattn", dict(params_m=0.06, gmacs=0.1, macts=0.2))
+    monkeypatch.setitem(_registry._PAPER_VARIANTS, "deit_test_dwattn", [(dict(pos_embed="abs"), dict(macts=0.3))])
+    rows = model_table("deit_test_dwattn", img_size=32)
     assert [(r["model"], r["kwargs"], r["paper_macts"]) for r in rows] == [
-        ("test_deit_dwattn", {}, 0.2),
-        ("test_deit_dwattn", {"pos_embed": "abs"}, 0.3),
+        ("deit_test_dwattn", {}, 0.2),
+        ("deit_test_dwattn", {"pos_embed": "abs"}, 0.3),
     ]
-    model = timm.create_model("test_deit_dwattn", pos_embed="abs")
+    model = timm.create_model("deit_test_dwattn", pos_embed="abs")
     assert rows[1]["macts"] == round(count_activations(model, (3, 32, 32)), 3)
     table = format_markdown(rows, 32).splitlines()
     assert "| MActs @32 |" in table[0] and "| paper MActs |" in table[0]
-    assert table[3].startswith("| test_deit_dwattn pos_embed=abs |") and table[3].endswith("| - | - | 0.3 | - |")
+    assert table[3].startswith("| deit_test_dwattn pos_embed=abs |") and table[3].endswith("| - | - | 0.3 | - |")

@@ -24,8 +24,8 @@ FAMILIES = [
     ("test_attn_ln_relu", {}, 32),
     ("test_dwattn", {}, 32),
     ("test_acmix_resnet", {}, 32),
-    ("test_deit_attn_softmax", {}, 32),
-    ("test_deit_dwattn", {"pos_embed": "abs"}, 32),
+    ("deit_test_attn_softmax", {}, 32),
+    ("deit_test_dwattn", {"pos_embed": "abs"}, 32),
 ]
 
 
@@ -83,7 +83,7 @@ TIMM_SAME = {
         ("test_swin_attn_softmax", "swin"),
         ("test_swin_dwattn", "swin"),
         ("test_acmix_swin", "swin"),
-        ("test_deit_dwattn", "vit"),
+        ("deit_test_dwattn", "vit"),
     ],
 )
 def test_hosts_take_what_timm_takes(name, host):

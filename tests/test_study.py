@@ -319,7 +319,7 @@ def test_the_committed_studies_load_with_the_papers_claims():
     assert claims["mixers"][("pool", "fcvit")] == -3.7  # PoolFormer-S12 77.2 vs FCViT-B12 80.9
 
 
-STUDENT = ["--model", "test_deit_attn_softmax", "--model-kwargs"]
+STUDENT = ["--model", "deit_test_attn_softmax", "--model-kwargs"]
 STUDENT_KWARGS = dict(img_size=28, patch_size=7, embed_dim=16, depth=1, num_heads=2, pos_embed="rel")
 
 
@@ -395,7 +395,7 @@ def test_distilled_deit_keeps_the_model_contract_and_pool_mixer():
 
     from fcvit.layers import create_token_mixer
 
-    model = timm.create_model("test_deit_attn_softmax", distilled=True).eval()
+    model = timm.create_model("deit_test_attn_softmax", distilled=True).eval()
     assert model.num_prefix_tokens == 2 and model.pos_embed.shape[1] == 16 + 2  # class, distillation, patches
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

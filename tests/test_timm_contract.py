@@ -27,7 +27,8 @@ MODELS = {
     "test_dwattn": 32,
     "test_acmix_swin": 64,
     "test_acmix_resnet": 32,
-    "test_deit_attn_ln_relu": None,
+    "deit_test_attn_ln_relu": None,
+    "deit_test_attn_softmax": None,
     "test_swin_dwattn": None,
 }
 TRACER = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
@@ -93,6 +94,17 @@ def test_fx_graph_equals_eager_and_scripts(name):
         assert torch.equal(got, expected)
         (scripted,) = torch.jit.script(fx)(x).values()
     torch.testing.assert_close(scripted, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["fcvit_tiny", "test_attn_softmax", "test_dwattn", "test_acmix_swin", "deit_test_attn_softmax"]
+)
+def test_plain_symbolic_trace(name):
+    """The models the README names trace with plain ``torch.fx.symbolic_trace``, bit-equal to eager."""
+    model, x = _create(name)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -83,6 +83,9 @@ def attention_stats(attn: torch.Tensor, num_prefix_tokens: int = 0) -> dict[str,
       lower: sparser). NaN when M = 1.
     - ``top1pct_mass``: per row, the sum of its ``k = max(1, ceil(0.01 M))`` largest weights; the mean over rows.
 
+    A single key (M = 1, e.g. a 1x1 map) leaves every weight at 1 and nothing to measure: all four are NaN
+    there (shown as "-" in tables, left out of plots, ``null`` in JSON), not the 1.0 the formulas would give.
+
     Args:
         attn: attention weights [B, H, N, M], non-negative, each row summing to 1 (within 1e-3).
         num_prefix_tokens: leading class/distillation/register tokens to drop from queries and keys first
@@ -91,7 +94,9 @@ def attention_stats(attn: torch.Tensor, num_prefix_tokens: int = 0) -> dict[str,
     _check_attention(attn)
     a = drop_prefix_tokens(attn.double(), num_prefix_tokens)
     M = a.shape[-1]
-    entropy = -torch.special.xlogy(a, a).sum(-1) / math.log(M) if M > 1 else torch.tensor(math.nan)
+    if M == 1:
+        return dict.fromkeys(STAT_NAMES, math.nan)
+    entropy = -torch.special.xlogy(a, a).sum(-1) / math.log(M)
     k = max(1, math.ceil(0.01 * M))
     return {
         "query_irrelevance": _mean_pairwise_cosine(a, dim=2).mean().item(),

@@ -38,6 +38,7 @@ from torch import nn
 from .checks import check_input
 from .registry import register_token_mixer
 
+torch.fx.wrap("check_input")  # a leaf for torch.fx.symbolic_trace too (it reads the input's shape)
 ATTENTION_ACTIVATIONS = ("softmax", "none", "scaling", "scaling_relu", "ln", "ln_relu")
 POSITION_EMBEDDINGS = ("rel", "abs", "none")
 

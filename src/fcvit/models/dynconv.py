@@ -3,7 +3,8 @@
 DeiT (timm's :class:`~timm.models.vision_transformer.VisionTransformer`) and Swin (timm's
 :class:`~timm.models.swin_transformer.SwinTransformer`) with only the attention changed, as in the paper's
 Tables 2 and 3. Registered as ``{host}_{mixer}``: host ``deit_small``, ``deit_base``, ``swin_tiny``,
-``swin_base`` (and ``test_deit``, ``test_swin``: tiny, 32 px, for tests), mixer ``attn_{activation}`` with the
+``swin_base`` (and ``deit_test``, ``test_swin``: tiny, 32 px, for tests; ``deit_test`` was ``test_deit`` and
+has three blocks so that timm's model tests see it as the ViT it is and find three feature levels), mixer ``attn_{activation}`` with the
 activation one of :data:`fcvit.layers.ATTENTION_ACTIVATIONS` (section 4.2) or ``dwattn`` (depth-wise
 self-attention, section 4.3). The activations and Eq. 5 are :mod:`fcvit.layers.attention`'s
 (:func:`~fcvit.layers.attention.attention_activation`, :func:`~fcvit.layers.attention.depthwise_attention`).
@@ -43,7 +44,7 @@ from timm.layers import (
     resize_rel_pos_bias_table,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model_deprecations
 from timm.models._manipulate import named_apply
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
 from timm.models.swin_transformer import checkpoint_filter_fn as swin_checkpoint_filter_fn
@@ -211,6 +212,11 @@ class DynConvViT(VisionTransformer):
                 block.attn = DynamicAttention(self.embed_dim, old.num_heads, activation, rel_pos=rel_pos, **args)
             if kwargs.get("weight_init") != "skip":
                 named_apply(get_init_weights_vit(self.weight_init_mode, needs_reset=False), block.attn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's forward without its ``attn_mask``, which these attentions refuse: with ``x`` its only input,
+        ``torch.fx.symbolic_trace`` traces the model as it is."""
+        return self.forward_head(self.forward_features(x))
 
 
 class DistilledDynConvViT(DynConvViT):
@@ -538,9 +544,9 @@ HOSTS: dict[str, tuple[type[nn.Module], dict[str, Any], str | None, dict[str, An
         "swin_base_patch4_window7_224.ms_in1k",
         dict(pool_size=(7, 7), classifier="head.fc"),
     ),
-    "test_deit": (
+    "deit_test": (
         DynConvViT,
-        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+        dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10),
         None,
         dict(input_size=(3, 32, 32), num_classes=10, pool_size=None, classifier="head"),
     ),
@@ -625,6 +631,8 @@ def _model_fn(host: str, mixer: str) -> Callable[..., nn.Module]:
 for _host in HOSTS:
     for _mixer in MIXERS:
         globals()[f"{_host}_{_mixer}"] = register_model(_model_fn(_host, _mixer))
+# the earlier names of the tiny DeiT host (depth 2 then: their checkpoints load with depth=2)
+register_model_deprecations(__name__, {f"test_deit_{m}": f"deit_test_{m}" for m in MIXERS})
 
 # Table 3: GFLOPs (they are MACs), params (M), activations (M), ImageNet top-1 (%), at the paper's position
 # embedding (and, for DeiT, class token). Table 2 adds top-1 only.

@@ -29,6 +29,7 @@ from ..layers.checks import check_input
 from ._checkpoints import check_tensor_shapes
 from ._registry import imagenet_cfg, register_model, register_paper_figures
 
+torch.fx.wrap("check_input")  # a leaf for torch.fx.symbolic_trace too (it reads the input's shape)
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
 
 

@@ -8,7 +8,7 @@
     train: {epochs: 10, train_limit: 20000}   # config keys shared by every arm (any `fcvit train` key)
     arms:
       - name: attn_softmax
-        train: {model: test_deit_attn_softmax, model_kwargs: {img_size: 28, patch_size: 4}}
+        train: {model: deit_test_attn_softmax, model_kwargs: {img_size: 28, patch_size: 4}}
         seeds: 8                      # this arm's own number of seeds (default: the study's)
       - name: distilled               # --teacher: the best run (top-1) of these arms of another study
         train: {distill: hard}
