@@ -6,8 +6,8 @@ Tables 2 and 3. Registered as ``{host}_{mixer}``: host ``deit_small``, ``deit_ba
 ``swin_base`` (and ``deit_test``, ``test_swin``: tiny, 32 px, for tests; ``deit_test`` was ``test_deit`` and
 has three blocks so that timm's model tests see it as the ViT it is and find three feature levels), mixer
 ``attn_{activation}`` with the activation one of :data:`fcvit.layers.ATTENTION_ACTIVATIONS` (section 4.2)
-or ``dwattn`` (depth-wise
-self-attention, section 4.3). The activations and Eq. 5 are :mod:`fcvit.layers.attention`'s
+or ``dwattn`` (depth-wise self-attention, section 4.3). The activations and Eq. 5 are
+:mod:`fcvit.layers.attention`'s
 (:func:`~fcvit.layers.attention.attention_activation`, :func:`~fcvit.layers.attention.depthwise_attention`).
 
 Keyword arguments (defaults: the paper's rows):
