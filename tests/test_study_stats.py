@@ -137,6 +137,14 @@ def test_report_on_constructed_runs(tmp_path):
     assert len(runs) == 12 and runs[4] == dict(
         arm="better", seed="1", top1="81.0", best_top1="81.5", best_epoch="2", wall_time_s="10.0", img_per_s="100.0"
     )
+    # the runs' records (no weights) reproduce the tables, and make a study directory `study run` goes on from
+    records = out / "runs"
+    assert sorted(p.name for p in (records / "better").iterdir()) == ["seed0", "seed1", "seed2"]
+
+    def measured(rows):  # the failed / unreadable seeds are not records: only the finished runs travel
+        return [{k: v for k, v in r.items() if k not in ("failed", "unreadable")} for r in rows]
+
+    assert measured(report_study(records, tmp_path / "again")["rows"]) == measured(result["rows"])
     table = (out / "results.md").read_text()
     assert "| `better` | 3 | 1.000 | 81.00 ± 1.00 | 2.0 ± 0.0 |" in table
     assert f"| +10.00 | [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}] | {test['mdd']:.2f} |" in table

@@ -482,7 +482,8 @@ def run_rows(results: list[ArmResult]) -> list[dict[str, Any]]:
 
 def report_study(study_dir: str | Path, output: str | Path | None = None) -> dict[str, Any]:
     """Write ``results.csv``, ``runs.csv``, ``results.md``, ``accuracy.png``, ``curves.png`` (and for analysis
-    studies ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) to ``output`` (default ``STUDY_DIR/report``);
+    studies ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) and the runs' records (``runs/``,
+    :func:`copy_run_records`) to ``output`` (default ``STUDY_DIR/report``);
     returns the rows (``rows``: one per arm, ``steps``: the declared pairs of other arms, ``runs``) and paths."""
     study_dir = Path(study_dir)
     study, results = collect(study_dir)
@@ -505,8 +506,34 @@ def report_study(study_dir: str | Path, output: str | Path | None = None) -> dic
         files += ["depth.csv", "depth.png"]
         table += "\n" + depth_table(depth)
     files += copy_attention_grids(study_dir, out)
+    copy_run_records(study_dir, study, results, out / "runs")
+    files.append("runs/")
     atomic_write_text(out / "results.md", table)
     return dict(rows=rows, steps=steps, runs=runs, depth=depth, table=table, output=str(out), files=files)
+
+
+RECORD_FILES = ("summary.json", "metrics.csv", "config.yaml")  # a finished run's record, without its weights
+
+
+def copy_run_records(study_dir: Path, study: dict[str, Any], results: list[ArmResult], out: Path) -> None:
+    """Copy ``study.json`` and every finished run's record (:data:`RECORD_FILES` and its analyses' JSON) to
+    ``out/ARM/seedK``: a study directory without weights, small enough to commit. ``fcvit study report OUT``
+    computes the same tables from it; copied to ``ROOT/STUDY`` on another machine, ``fcvit study run`` counts those
+    runs as done and trains only the missing ones (a study outlives the machine it ran on). Arms that analyse
+    another study's runs (``source``) keep their analyses only: the trained runs are that study's records."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study_dir / "study.json", out / "study.json")
+    for arm, result in zip(study["arms"], results):
+        for seed in result.seeds:
+            seed_dir, target = study_dir / arm["name"] / seed, out / arm["name"] / seed
+            target.mkdir(parents=True, exist_ok=True)
+            if not arm.get("source"):
+                for name in RECORD_FILES:
+                    if (seed_dir / name).is_file():
+                        shutil.copyfile(seed_dir / name, target / name)
+            for record in seed_dir.glob("analysis/*/*.json"):
+                (target / record.parent.relative_to(seed_dir)).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(record, target / record.relative_to(seed_dir))
 
 
 def copy_attention_grids(study_dir: Path, out: Path) -> list[str]:
