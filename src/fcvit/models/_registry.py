@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
 from timm.models import register_model as _timm_register_model
+from torch import nn
 
 F = TypeVar("F", bound=Callable)
 
@@ -16,6 +20,26 @@ FAMILY_ORDER = ("fcvit", "mixers", "acmix_resnet", "acmix_swin", "dynconv")
 _PROJECT_MODELS: list[tuple[str, str]] = []  # (family module, model name), in registration order
 _PAPER_FIGURES: dict[str, dict[str, float | None]] = {}
 _PAPER_VARIANTS: dict[str, list[tuple[dict, dict[str, float | None]]]] = {}
+
+
+def build_model(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg``, taking timm's factory arguments ``device`` and ``dtype`` as timm's own
+    models do (``timm.create_model(name, device="cuda", dtype=torch.bfloat16)``): the model is built inside
+    torch's device context, so every parameter and buffer is created on ``device``, then cast to ``dtype``
+    (floating-point tensors only). One place for every family, whatever timm version built their timm parts."""
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(cls, variant, pretrained, **kwargs)
+    return model if dtype is None else model.to(dtype)
+
+
+def new_classifier(model: nn.Module, in_features: int, num_classes: int) -> nn.Module:
+    """A fresh linear classifier for ``reset_classifier`` (``nn.Identity`` for 0 classes), made as timm's factory
+    contract asks: on ``model``'s device, in its dtype and training mode."""
+    if num_classes <= 0:
+        return nn.Identity()
+    like = next(model.parameters())
+    return nn.Linear(in_features, num_classes, device=like.device, dtype=like.dtype).train(model.training)
 
 
 def register_model(fn: F) -> F:

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
 from ..layers import ACmix
 from ._checkpoints import check_tensor_shapes
-from ._registry import imagenet_cfg, register_model, register_paper_figures
+from ._registry import build_model, imagenet_cfg, register_model, register_paper_figures
 
 __all__ = ["ACmixBottleneck", "ACmixResNet"]
 
@@ -147,7 +147,7 @@ register_paper_figures(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ACmixResNet:
-    return build_model_with_cfg(ACmixResNet, variant, pretrained, **{**MODEL_ARGS[variant], **kwargs})
+    return build_model(ACmixResNet, variant, pretrained, **{**MODEL_ARGS[variant], **kwargs})
 
 
 def _cfg(**kwargs) -> dict[str, Any]:

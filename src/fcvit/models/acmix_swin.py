@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import calculate_drop_path_rates, to_ntuple
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models.swin_transformer import (
     SwinTransformer,
     SwinTransformerBlock,
@@ -42,7 +42,7 @@ from torch import nn
 
 from ..layers.acmix import shift_kernels
 from ._checkpoints import check_tensor_shapes
-from ._registry import imagenet_cfg, register_model, register_paper_figures
+from ._registry import build_model, imagenet_cfg, register_model, register_paper_figures
 
 __all__ = ["AcmixWindowAttention", "AcmixSwinBlock", "AcmixSwinTransformer", "checkpoint_filter_fn"]
 
@@ -320,7 +320,7 @@ register_paper_figures(
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AcmixSwinTransformer:
     model_args = {**MODEL_ARGS[variant], **kwargs}
     out_indices = model_args.pop("out_indices", tuple(range(len(model_args["depths"]))))
-    return build_model_with_cfg(
+    return build_model(
         AcmixSwinTransformer,
         variant,
         pretrained,

@@ -45,7 +45,7 @@ from timm.layers import (
     resize_rel_pos_bias_table,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model_deprecations
+from timm.models import generate_default_cfgs, register_model_deprecations
 from timm.models._manipulate import named_apply
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
 from timm.models.swin_transformer import checkpoint_filter_fn as swin_checkpoint_filter_fn
@@ -59,7 +59,7 @@ from ..layers.attention import (
     check_activation,
     depthwise_attention,
 )
-from ._registry import imagenet_cfg, register_model, register_paper_figures
+from ._registry import build_model, imagenet_cfg, new_classifier, register_model, register_paper_figures
 
 # the model functions are appended by timm
 __all__ = ["DistilledDynConvViT", "DynConvSwin", "DynConvViT", "checkpoint_filter_fn"]
@@ -260,7 +260,7 @@ class DistilledDynConvViT(DynConvViT):
         if global_pool not in (None, "", "token"):
             raise ValueError(f"DistilledDynConvViT reads its class and distillation tokens, not {global_pool!r}")
         super().reset_classifier(num_classes)
-        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = new_classifier(self, self.embed_dim, num_classes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
@@ -614,7 +614,7 @@ def _create(host: str, mixer: str, pretrained: bool = False, distilled: bool = F
         depths = model_args["depths"]
         feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", tuple(range(len(depths)))))
     args = {**model_args, **default_kwargs(host, mixer), "mixer": mixer, **kwargs}
-    return build_model_with_cfg(
+    return build_model(
         cls, f"{host}_{mixer}", pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **args
     )
 

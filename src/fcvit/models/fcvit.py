@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath, GroupNorm1, LayerScale2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
@@ -27,7 +27,7 @@ from torch import nn
 from ..layers import ChannelMixer, MixerSettings, create_token_mixer
 from ..layers.checks import check_input
 from ._checkpoints import check_tensor_shapes
-from ._registry import imagenet_cfg, register_model, register_paper_figures
+from ._registry import build_model, imagenet_cfg, new_classifier, register_model, register_paper_figures
 
 torch.fx.wrap("check_input")  # a leaf for torch.fx.symbolic_trace too (it reads the input's shape)
 __all__ = ["FCViT", "IsoFCViT", "FCViTBlock", "checkpoint_filter_fn"]
@@ -164,7 +164,7 @@ class _FCViTBase(nn.Module):
             self.global_pool = global_pool
         if reset_other:
             self.norm = nn.Identity()
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = new_classifier(self, self.num_features, num_classes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Spatial mean (if ``global_pool='avg'``), dropout, linear classifier."""
@@ -241,7 +241,7 @@ class FCViT(_FCViTBase):
         self.num_features = dims[-1]
 
         self.stem = OverlapPatchEmbed(in_chans, dims[0], kernel_size=7, stride=4, padding=3)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # numbers, on any device
         stages, self.feature_info, in_dim, first = [], [], dims[0], 0
         for i in range(num_stages):
             kwargs = _stage_mixer_kwargs(mixers[i], extras[i], mixer_settings)
@@ -381,7 +381,7 @@ class IsoFCViT(_FCViTBase):
         self.stem = OverlapPatchEmbed(in_chans, dim, kernel_size=patch_size, stride=patch_size, padding=0)
         _check_mixer_settings([token_mixer], mixer_settings)
         kwargs = _stage_mixer_kwargs(token_mixer, mixer_kwargs, mixer_settings)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # numbers, on any device
         self.blocks = nn.Sequential(
             *[
                 FCViTBlock(dim, token_mixer, kwargs, mlp_ratio, mlp_dwconv, proj_drop_rate, p, layer_scale_init_value)
@@ -570,7 +570,7 @@ def _create(variant: str, cls: type[nn.Module], pretrained: bool = False, **kwar
         feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
     else:  # the last three blocks, as timm's isotropic models
         feature_cfg = dict(out_indices=3, feature_cls="getter")
-    return build_model_with_cfg(
+    return build_model(
         cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **model_args
     )
 
