@@ -96,6 +96,21 @@ def test_fx_graph_equals_eager_and_scripts(name):
     torch.testing.assert_close(scripted, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_factory_device_dtype_and_new_heads(name):
+    """timm's factory arguments: ``device``/``dtype`` place every tensor (here on the meta device, no memory), and
+    a reset classifier is made on the model's device, in its dtype and training mode."""
+    model = timm.create_model(name, device="meta", dtype=torch.bfloat16).eval()
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    assert [n for n, t in tensors if t.device.type != "meta"] == []
+    assert {t.dtype for _, t in model.named_parameters()} == {torch.bfloat16}
+    model.reset_classifier(3)
+    heads = model.get_classifier()
+    for head in heads if isinstance(heads, tuple) else (heads,):
+        assert {(p.device.type, p.dtype) for p in head.parameters()} == {("meta", torch.bfloat16)}
+    assert not any(m.training for m in model.modules())
+
+
 @pytest.mark.parametrize(
     "name", ["fcvit_tiny", "test_attn_softmax", "test_dwattn", "test_acmix_swin", "deit_test_attn_softmax"]
 )
