@@ -18,19 +18,22 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+def micro_kwargs(config: dict) -> dict:
+    """FCViT's arguments for the official micro fixture's ``config`` (the official code's names on the right)."""
+    return dict(
+        depths=config["depths"],
+        dims=config["dims"],
+        mlp_ratios=config["mlp_ratios"],
+        kernel_size=config["kernel_size"],
+        gc_groups=config["groups"],
+        gc_reduction=config["gc_reduction"],
+        competitive=config["compete"],
+    )
+
+
 def micro_model() -> tuple[fcvit.FCViT, dict]:
     """The model of the official micro fixture (eval mode, official weights) and the fixture's inputs/outputs."""
     io = torch.load(FIXTURES / "official_fcvit_micro_random_io.pt", weights_only=True)
-    c = io["config"]
-    model = fcvit.FCViT(
-        depths=c["depths"],
-        dims=c["dims"],
-        mlp_ratios=c["mlp_ratios"],
-        num_classes=c["num_classes"],
-        kernel_size=c["kernel_size"],
-        gc_groups=c["groups"],
-        gc_reduction=c["gc_reduction"],
-        competitive=c["compete"],
-    )
+    model = fcvit.FCViT(num_classes=io["config"]["num_classes"], **micro_kwargs(io["config"]))
     model.load_state_dict(torch.load(FIXTURES / "official_fcvit_micro_random.pth", weights_only=True))
     return model.eval(), io

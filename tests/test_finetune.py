@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from official_fixtures import FIXTURES, SHARED
+from official_fixtures import FIXTURES, SHARED, micro_kwargs
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc, resize_rel_pos_bias_table
 from timm.models import adapt_input_conv
@@ -66,17 +66,7 @@ def check_finetuned(
 
 
 def test_fcvit_official_release():
-    io = torch.load(FIXTURES / "official_fcvit_micro_random_io.pt", weights_only=True)
-    c = io["config"]
-    kwargs = dict(
-        depths=c["depths"],
-        dims=c["dims"],
-        mlp_ratios=c["mlp_ratios"],
-        kernel_size=c["kernel_size"],
-        gc_groups=c["groups"],
-        gc_reduction=c["gc_reduction"],
-        competitive=c["compete"],
-    )
+    kwargs = micro_kwargs(torch.load(FIXTURES / "official_fcvit_micro_random_io.pt", weights_only=True)["config"])
     reference = timm.create_model("fcvit_tiny", num_classes=10, **kwargs)
     reference.load_state_dict(torch.load(FCVIT_MICRO, weights_only=True))  # official layout, mapped on load
     model, report = create_pretrained("fcvit_tiny", FCVIT_MICRO, num_classes=3, in_chans=1, img_size=48, **kwargs)
