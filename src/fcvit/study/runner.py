@@ -469,14 +469,40 @@ def _stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
+def _task_pids(job: Any) -> list[int]:
+    """The processes a local submitit job's controller started (its training tasks), from Linux's /proc; [] for
+    other jobs or systems. The controller does not wait for them after its SIGKILL, so they may outlive it."""
+    process = getattr(job, "_process", None)  # submitit's LocalJob keeps its controller's Popen there
+    if process is None:
+        return []
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == process.pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _stop_jobs(jobs: list, wait: bool, timeout_s: float = 30.0) -> None:
     """Cancel ``jobs`` (submitit: SIGINT to a local job's controller, which stops its tasks; scancel on Slurm) and,
-    with ``wait``, give the local ones up to ``timeout_s`` to end."""
+    with ``wait``, give the local ones and their training processes up to ``timeout_s`` to end."""
+    tasks = [pid for job in jobs for pid in _task_pids(job)] if wait else []
     for job in jobs:
         job.cancel(check=False)
     deadline = time.monotonic() + timeout_s
     while wait and time.monotonic() < deadline and not all(job.done() for job in jobs):
         time.sleep(0.2)
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tasks):
+        time.sleep(0.05)
 
 
 def run_study(
