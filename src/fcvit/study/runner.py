@@ -469,27 +469,25 @@ def _stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
+def _stat(stat_file: Path) -> list[str]:
+    """The fields of a Linux ``/proc/PID/stat`` after the command name (state, parent pid, ...); [] once gone."""
+    try:
+        return stat_file.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _task_pids(job: Any) -> list[int]:
     """The processes a local submitit job's controller started (its training tasks), from Linux's /proc; [] for
     other jobs or systems. The controller does not wait for them after its SIGKILL, so they may outlive it."""
     process = getattr(job, "_process", None)  # submitit's LocalJob keeps its controller's Popen there
     if process is None:
         return []
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == process.pid:
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
+    return [int(f.parent.name) for f in Path("/proc").glob("[0-9]*/stat") if _stat(f)[1:2] == [str(process.pid)]]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return _stat(Path(f"/proc/{pid}/stat"))[:1] not in ([], ["Z"])
 
 
 def _stop_jobs(jobs: list, wait: bool, timeout_s: float = 30.0) -> None:
