@@ -145,6 +145,14 @@ def test_report_on_constructed_runs(tmp_path):
         return [{k: v for k, v in r.items() if k not in ("failed", "unreadable")} for r in rows]
 
     assert measured(report_study(records, tmp_path / "again")["rows"]) == measured(result["rows"])
+    # the first two seeds only (an 8-seed study's 3-seed table): the other seeds are neither counted nor listed
+    first = report_study(study_dir, tmp_path / "first2", seeds=2)
+    two = {r["arm"]: r for r in first["rows"]}
+    assert two["better"]["n"] == 2 and two["better"]["top1_mean"] == pytest.approx(80.5)
+    assert two["better"]["top1_diff"] == pytest.approx(compare(tops["better"][:2], tops["ref"][:2])["diff"])
+    assert two["better"]["failed"] == "" and two["same"]["unreadable"] == "" and len(first["runs"]) == 8
+    assert "seed2" not in first["table"] and "--seeds 2" in first["table"]
+    assert sorted(p.name for p in (tmp_path / "first2" / "runs" / "ref").iterdir()) == ["seed0", "seed1"]
     table = (out / "results.md").read_text()
     assert "| `better` | 3 | 1.000 | 81.00 ± 1.00 | 2.0 ± 0.0 |" in table
     assert f"| +10.00 | [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}] | {test['mdd']:.2f} |" in table

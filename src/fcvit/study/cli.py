@@ -40,7 +40,7 @@ def run_run(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from .report import report_study
 
-    result = report_study(args.study_dir, args.output)
+    result = report_study(args.study_dir, args.output, args.seeds)
     print(result["table"], end="")
     print(f"wrote {', '.join(result['files'])} to {result['output']}")
     return 0
@@ -96,5 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("study_dir", metavar="STUDY_DIR", help="the study's directory (ROOT/STUDY)")
     s.add_argument(
         "--output", help="folder of results.csv, runs.csv, results.md and the plots [default: STUDY_DIR/report]"
+    )
+    s.add_argument(
+        "--seeds",
+        type=positive_int,
+        metavar="N",
+        help="count the first N seeds of every arm only (seed0..seed<N-1>), e.g. the 3-seed table of an 8-seed "
+        "study [default: every finished seed]",
     )
     s.set_defaults(func=run_report)

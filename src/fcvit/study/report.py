@@ -186,16 +186,16 @@ def _failure(seed_dir: Path) -> str | None:
     return str(record.get("reason")) if isinstance(record, dict) else f"({path} unreadable)"
 
 
-def collect(study_dir: Path) -> tuple[dict[str, Any], list[ArmResult]]:
+def collect(study_dir: Path, seeds: int | None = None) -> tuple[dict[str, Any], list[ArmResult]]:
     """The study description (``study.json``) and the runs of each arm under ``study_dir``: the finished ones and
-    those that failed, could not be read or have not finished."""
+    those that failed, could not be read or have not finished; with ``seeds``, only seed0..seed<seeds - 1>."""
     study = _read_json(study_dir / "study.json")
     if study is None:
         raise StudyError(f"{study_dir} holds no study.json: not a study directory (fcvit study run writes it)")
     results = []
     for arm in study["arms"]:
         result = ArmResult(arm["name"], [], [], [], [])
-        for seed_dir in _seed_dirs(study_dir / arm["name"]):
+        for seed_dir in _seed_dirs(study_dir / arm["name"], seeds):
             failure = _failure(seed_dir)
             if failure is not None:
                 result.failed[seed_dir.name] = failure
@@ -216,10 +216,10 @@ def collect(study_dir: Path) -> tuple[dict[str, Any], list[ArmResult]]:
     return study, results
 
 
-def _seed_dirs(arm_dir: Path) -> list[Path]:
-    """An arm's ``seed<k>`` run directories in seed order (seed10 after seed2)."""
+def _seed_dirs(arm_dir: Path, seeds: int | None = None) -> list[Path]:
+    """An arm's ``seed<k>`` run directories in seed order (seed10 after seed2); with ``seeds``, k < seeds only."""
     dirs = [p for p in arm_dir.glob("seed*") if p.is_dir() and p.name[4:].isdigit()]
-    return sorted(dirs, key=lambda p: int(p.name[4:]))
+    return sorted((p for p in dirs if seeds is None or int(p.name[4:]) < seeds), key=lambda p: int(p.name[4:]))
 
 
 def _fmt(mean: float, std: float, digits: int) -> str:
@@ -480,13 +480,14 @@ def run_rows(results: list[ArmResult]) -> list[dict[str, Any]]:
     ]
 
 
-def report_study(study_dir: str | Path, output: str | Path | None = None) -> dict[str, Any]:
+def report_study(study_dir: str | Path, output: str | Path | None = None, seeds: int | None = None) -> dict[str, Any]:
     """Write ``results.csv``, ``runs.csv``, ``results.md``, ``accuracy.png``, ``curves.png`` (and for analysis
     studies ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) and the runs' records (``runs/``,
-    :func:`copy_run_records`) to ``output`` (default ``STUDY_DIR/report``);
+    :func:`copy_run_records`) to ``output`` (default ``STUDY_DIR/report``); with ``seeds``, of the first ``seeds``
+    seeds of every arm only (an 8-seed study's 3-seed table);
     returns the rows (``rows``: one per arm, ``steps``: the declared pairs of other arms, ``runs``) and paths."""
     study_dir = Path(study_dir)
-    study, results = collect(study_dir)
+    study, results = collect(study_dir, seeds)
     if not any(r.summaries for r in results):
         raise StudyError(f"{study_dir}: no finished run yet (no summary.json under its arms)")
     out = Path(output) if output else study_dir / "report"
@@ -496,6 +497,8 @@ def report_study(study_dir: str | Path, output: str | Path | None = None) -> dic
     _write_csv(rows + steps, out / "results.csv")
     _write_csv(runs, out / "runs.csv")
     table = markdown_table(study, rows, steps, results)
+    if seeds is not None:
+        table = f"The first {seeds} seeds of every arm only (`fcvit study report --seeds {seeds}`).\n\n" + table
     files = ["results.csv", "runs.csv", "results.md", "accuracy.png", "curves.png"]
     plot_accuracy(rows, results, out / "accuracy.png", f"{study['name']}: top-1 per arm (mean ± std, seeds)")
     plot_curves(results, out / "curves.png", f"{study['name']}: validation top-1")
@@ -505,7 +508,7 @@ def report_study(study_dir: str | Path, output: str | Path | None = None) -> dic
         plot_depth(depth, out / "depth.png", f"{study['name']}: attention statistics against depth")
         files += ["depth.csv", "depth.png"]
         table += "\n" + depth_table(depth)
-    files += copy_attention_grids(study_dir, out)
+    files += copy_attention_grids(study_dir, out, seeds)
     copy_run_records(study_dir, study, results, out / "runs")
     files.append("runs/")
     atomic_write_text(out / "results.md", table)
@@ -536,12 +539,12 @@ def copy_run_records(study_dir: Path, study: dict[str, Any], results: list[ArmRe
                 shutil.copyfile(record, target / record.relative_to(seed_dir))
 
 
-def copy_attention_grids(study_dir: Path, out: Path) -> list[str]:
+def copy_attention_grids(study_dir: Path, out: Path, seeds: int | None = None) -> list[str]:
     """Copy, per arm, the first test image's Fig. 2-style grid (``fcvit analyze attention``) of its first seed that
     has one to ``out/attention_<arm>.png``: the compact record of an analysis study; the others stay in the runs."""
     copied = []
     for arm_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
-        grids = [g for seed in _seed_dirs(arm_dir) for g in seed.glob("analysis/attention/attention_00_*.png")]
+        grids = [g for seed in _seed_dirs(arm_dir, seeds) for g in seed.glob("analysis/attention/attention_00_*.png")]
         if grids:
             shutil.copyfile(grids[0], out / f"attention_{arm_dir.name}.png")
             copied.append(f"attention_{arm_dir.name}.png")
