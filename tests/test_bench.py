@@ -47,6 +47,17 @@ def test_bench_two_models_writes_table_and_json(tmp_path, capsys):
     assert "fcvit_tiny:plain" in out_md.read_text() and result["machine"]["torch"]
 
 
+def test_profile_writes_the_operators_of_every_model_and_mode(tmp_path):
+    """--profile: an operator table per model and mode, sorted by self time, the convolutions among them."""
+    cfg = BenchConfig(img_size=32, batch_size=2, rounds=1, warmup=0, memory=False, threads=1, profile=str(tmp_path))
+    result = run_benchmark(["test_convnext", "test_resnet"], cfg)
+    expected = ["test_convnext-infer.txt", "test_convnext-train.txt", "test_resnet-infer.txt", "test_resnet-train.txt"]
+    assert sorted(result["profiles"]) == expected == sorted(p.name for p in tmp_path.iterdir())
+    table = (tmp_path / "test_resnet-train.txt").read_text()
+    assert table.startswith("test_resnet, train, cpu") and "Self CPU" in table and "aten::convolution" in table
+    assert "aten::convolution_backward" in table
+
+
 def test_peak_rss_is_measured_in_a_fresh_process():
     cfg = BenchConfig(img_size=32, batch_size=2, modes=("train",), warmup=0, threads=1)
     small = peak_rss_mb_in_subprocess("test_convnext", "train", asdict(cfg))

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         memory=not args.no_memory,
         onnx=args.onnx,
         optimize=not args.no_optimize,
+        profile=args.profile,
     )
     result = run_benchmark(specs, cfg, reference=args.reference)
     result["command"] = "fcvit bench " + " ".join(args.argv)
@@ -103,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", help="write the full result (rows, config, machine) to this JSON file")
     p.add_argument("--markdown", help="write the command and table to this Markdown file")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="after the rounds, profile a few steps of each model and mode (torch.profiler) and write the "
+        "operators by self time (CUDA kernels' on a GPU) to DIR/<model>-<mode>.txt",
+    )
     p.set_defaults(func=_run_checked)
 
 

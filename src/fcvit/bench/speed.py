@@ -68,6 +68,7 @@ class BenchConfig:
     onnx: bool = False
     onnx_opset: int = 18
     optimize: bool = True
+    profile: str | None = None  # a folder: torch.profiler's operator table per model and mode (.profile)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -259,7 +260,12 @@ def run_benchmark(specs: list[str], cfg: BenchConfig, reference: str | None = No
         for row in rows:
             for mode in cfg.modes:
                 row[f"{mode}_peak_mb"] = round(peak_memory_mb(str(row["model"]), mode, cfg, workloads), 1)
-    return dict(config=asdict(cfg), reference=reference, machine=info, rows=rows)
+    result = dict(config=asdict(cfg), reference=reference, machine=info, rows=rows)
+    if cfg.profile:
+        from .profile import profile_steps
+
+        result["profiles"] = profile_steps({k: v for k, v in steps.items() if k[1] in MODES}, cfg.device, cfg.profile)
+    return result
 
 
 def peak_memory_mb(spec: str, mode: str, cfg: BenchConfig, workloads: dict[str, Workload] | None = None) -> float:
