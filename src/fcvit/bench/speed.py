@@ -78,6 +78,8 @@ class BenchConfig:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for but CUDA is not available")
+        if self.profile and os.path.exists(self.profile) and not os.path.isdir(self.profile):
+            raise ValueError(f"--profile {self.profile}: exists and is not a folder (the tables go into a folder)")
         if self.onnx and (not self.device.startswith("cpu") or self.dtype != "fp32"):
             raise ValueError("--onnx measures onnxruntime on CPU in fp32: use --device cpu --dtype fp32")
 
