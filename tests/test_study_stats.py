@@ -1,6 +1,6 @@
 """fcvit study report's statistics on constructed numbers (Welch's interval, degrees of freedom, minimum detectable
 difference, the verdict words) and its files on constructed run directories (comparisons declared with the paper's
-claims, runs.csv, runs that failed or cannot be read)."""
+claims, runs.csv, the per-epoch curves, runs that failed or cannot be read)."""
 
 from __future__ import annotations
 
@@ -162,3 +162,17 @@ def test_report_on_constructed_runs(tmp_path):
     assert "- `same/seed4`: could not be read: " in table and "metrics.csv: ValueError" in table
     assert "- `ref/seed3`: not finished (no summary.json)" in table
     assert (out / "curves.png").is_file() and (out / "accuracy.png").is_file()
+
+    # the validation curves per epoch (metrics.csv: top1 - 1 at epoch 1): mean ± std and Δ to the reference
+    curves = {(r["arm"], r["epoch"]): r for r in result["curves"]}
+    assert len(curves) == 8 and curves["ref", 1]["n"] == 3 and "top1_diff" not in curves["ref", 1]
+    early = compare([t - 1 for t in tops["better"]], [t - 1 for t in tops["ref"]])
+    assert curves["better", 1]["val_top1_mean"] == pytest.approx(80.0) and curves["better", 1]["val_top1_std"] == 1.0
+    assert curves["better", 1]["top1_diff"] == pytest.approx(10.0) and curves["better", 1]["verdict"] == "higher"
+    assert (curves["better", 1]["ci_low"], curves["better", 1]["mdd"]) == (early["ci_low"], early["mdd"])
+    assert curves["same", 2]["n"] == 3  # the unreadable seeds' curves are not counted either
+    with open(out / "curves.csv", newline="") as f:
+        assert [(r["arm"], int(r["epoch"])) for r in csv.DictReader(f)] == list(curves)
+    assert "| arm | ep. 1 | ep. 2 |" in table and "| `better` | 80.0 ± 1.0 | 81.0 ± 1.0 |" in table
+    assert f"| `better` | +10.0 [{early['ci_low']:+.1f}, {early['ci_high']:+.1f}] | +10.0 [" in table
+    assert {r["n"] for r in first["curves"]} == {2}

@@ -1,6 +1,6 @@
 """``fcvit study report``: per arm mean ± std over seeds, each comparison's difference with its 95 % confidence
-interval, the smallest difference the seeds could detect, and a verdict; ``results.csv``, ``runs.csv``, a
-Markdown table and plots.
+interval, the smallest difference the seeds could detect, and a verdict; the validation curve per epoch
+likewise; ``results.csv``, ``runs.csv``, ``curves.csv``, Markdown tables and plots.
 
 A comparison is an arm against the reference arm, or a pair declared in the study file (an ablation's
 consecutive steps), optionally with the paper's claimed difference. With the two arms' final top-1 over seeds
@@ -393,23 +393,74 @@ def plot_accuracy(rows: list[dict[str, Any]], results: list[ArmResult], path: Pa
     plt.close(fig)
 
 
-def plot_curves(results: list[ArmResult], path: Path, title: str) -> None:
-    """Validation top-1 against epoch per arm: the mean over seeds, shaded ± std (each run's metrics.csv)."""
+def epoch_values(r: ArmResult) -> dict[int, list[float]]:
+    """Validation top-1 of each seed per epoch (from each run's ``metrics.csv``), epochs in order."""
+    per_epoch: dict[int, list[float]] = {}
+    for rows in r.curves:
+        for row in rows:
+            if row.get("val_top1") not in (None, ""):
+                per_epoch.setdefault(int(row["epoch"]), []).append(float(row["val_top1"]))
+    return dict(sorted(per_epoch.items()))
+
+
+def curve_rows(study: dict[str, Any], results: list[ArmResult]) -> list[dict[str, Any]]:
+    """Per arm and epoch: validation top-1, mean ± std over seeds, and its difference to the reference arm at the
+    same epoch (:func:`compare`: 95 % CI, MDD, Welch's p, verdict): how a claim of faster convergence is read."""
+    by_name = {r.name: epoch_values(r) for r in results}
+    reference = by_name.get(study["reference"], {})
+    rows = []
+    for name, per_epoch in by_name.items():
+        for epoch, values in per_epoch.items():
+            mean, std, n = mean_std(values)
+            row: dict[str, Any] = dict(arm=name, epoch=epoch, n=n, val_top1_mean=mean, val_top1_std=std)
+            if name != study["reference"] and epoch in reference:
+                test = compare(values, reference[epoch])
+                row.update(top1_diff=test["diff"], ci_low=test["ci_low"], ci_high=test["ci_high"], mdd=test["mdd"])
+                row.update(welch_p=test["p"], verdict=test["verdict"])
+            rows.append(row)
+    return rows
+
+
+def curves_table(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The per-epoch validation top-1 of :func:`curve_rows` as two Markdown tables, arms by epochs: mean ± std
+    over seeds, then the difference to the reference with its 95 % CI."""
+    epochs = sorted({r["epoch"] for r in rows})
+    cell = {(r["arm"], r["epoch"]): r for r in rows}
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    head = "| arm | " + " | ".join(f"ep. {e}" for e in epochs) + " |\n|---|" + "---:|" * len(epochs)
+
+    def line(arm: str, text: Any) -> str:
+        return f"| `{arm}` | " + " | ".join(text(cell[arm, e]) if (arm, e) in cell else "-" for e in epochs) + " |"
+
+    def diff(r: dict[str, Any]) -> str:
+        if "ci_low" not in r or math.isnan(r["ci_low"]):
+            return _signed(r.get("top1_diff"))
+        return f"{r['top1_diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+
+    lines = [
+        "Validation top-1 (%) per epoch: mean ± std over seeds (each run's `metrics.csv`).",
+        "",
+        head,
+        *(line(arm, lambda r: _fmt(r["val_top1_mean"], r["val_top1_std"], 1)) for arm in arms),
+        "",
+        f"Difference to `{study['reference']}` at the same epoch, points, with its 95 % CI (Welch).",
+        "",
+        head,
+        *(line(arm, diff) for arm in arms if arm != study["reference"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Validation top-1 against epoch per arm (:func:`curve_rows`): the mean over seeds, shaded ± std."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, r in enumerate(results):
-        per_epoch: dict[int, list[float]] = {}
-        for rows in r.curves:
-            for row in rows:
-                if row.get("val_top1") not in (None, ""):
-                    per_epoch.setdefault(int(row["epoch"]), []).append(float(row["val_top1"]))
-        if not per_epoch:
-            continue
-        epochs = sorted(per_epoch)
-        stats = [mean_std(per_epoch[e]) for e in epochs]
-        means = [m for m, _, _ in stats]
-        stds = [0.0 if math.isnan(s) else s for _, s, _ in stats]
-        ax.plot(epochs, means, marker="o", markersize=3, color=f"C{i}", label=r.name)
+    for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
+        mine = [r for r in rows if r["arm"] == arm]
+        epochs = [r["epoch"] for r in mine]
+        means = [r["val_top1_mean"] for r in mine]
+        stds = [0.0 if math.isnan(r["val_top1_std"]) else r["val_top1_std"] for r in mine]
+        ax.plot(epochs, means, marker="o", markersize=3, color=f"C{i}", label=arm)
         ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=f"C{i}", alpha=0.15)  # fmt: skip
     ax.set_xlabel("epoch")
@@ -481,11 +532,12 @@ def run_rows(results: list[ArmResult]) -> list[dict[str, Any]]:
 
 
 def report_study(study_dir: str | Path, output: str | Path | None = None, seeds: int | None = None) -> dict[str, Any]:
-    """Write ``results.csv``, ``runs.csv``, ``results.md``, ``accuracy.png``, ``curves.png`` (and for analysis
-    studies ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) and the runs' records (``runs/``,
+    """Write ``results.csv``, ``runs.csv``, ``results.md``, ``accuracy.png``, ``curves.csv``, ``curves.png`` (and for
+    analysis studies ``depth.csv``, ``depth.png``, ``attention_<arm>.png``) and the runs' records (``runs/``,
     :func:`copy_run_records`) to ``output`` (default ``STUDY_DIR/report``); with ``seeds``, of the first ``seeds``
     seeds of every arm only (an 8-seed study's 3-seed table);
-    returns the rows (``rows``: one per arm, ``steps``: the declared pairs of other arms, ``runs``) and paths."""
+    returns the rows (``rows``: one per arm, ``steps``: the declared pairs of other arms, ``runs``, ``curves``: per
+    arm and epoch) and paths."""
     study_dir = Path(study_dir)
     study, results = collect(study_dir, seeds)
     if not any(r.summaries for r in results):
@@ -499,9 +551,14 @@ def report_study(study_dir: str | Path, output: str | Path | None = None, seeds:
     table = markdown_table(study, rows, steps, results)
     if seeds is not None:
         table = f"The first {seeds} seeds of every arm only (`fcvit study report --seeds {seeds}`).\n\n" + table
-    files = ["results.csv", "runs.csv", "results.md", "accuracy.png", "curves.png"]
+    files = ["results.csv", "runs.csv", "results.md", "accuracy.png"]
     plot_accuracy(rows, results, out / "accuracy.png", f"{study['name']}: top-1 per arm (mean ± std, seeds)")
-    plot_curves(results, out / "curves.png", f"{study['name']}: validation top-1")
+    curves = curve_rows(study, results)
+    if curves:
+        _write_csv(curves, out / "curves.csv")
+        plot_curves(curves, out / "curves.png", f"{study['name']}: validation top-1")
+        files += ["curves.csv", "curves.png"]
+        table += "\n" + curves_table(study, curves)
     depth = depth_rows(results)
     if depth:
         _write_csv(depth, out / "depth.csv")
@@ -512,7 +569,9 @@ def report_study(study_dir: str | Path, output: str | Path | None = None, seeds:
     copy_run_records(study_dir, study, results, out / "runs")
     files.append("runs/")
     atomic_write_text(out / "results.md", table)
-    return dict(rows=rows, steps=steps, runs=runs, depth=depth, table=table, output=str(out), files=files)
+    return dict(
+        rows=rows, steps=steps, runs=runs, curves=curves, depth=depth, table=table, output=str(out), files=files
+    )
 
 
 RECORD_FILES = ("summary.json", "metrics.csv", "config.yaml")  # a finished run's record, without its weights
