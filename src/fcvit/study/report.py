@@ -28,7 +28,7 @@ import json
 import math
 import shutil
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,9 +414,7 @@ def curve_rows(study: dict[str, Any], results: list[ArmResult]) -> list[dict[str
             mean, std, n = mean_std(values)
             row: dict[str, Any] = dict(arm=name, epoch=epoch, n=n, val_top1_mean=mean, val_top1_std=std)
             if name != study["reference"] and epoch in reference:
-                test = compare(values, reference[epoch])
-                row.update(top1_diff=test["diff"], ci_low=test["ci_low"], ci_high=test["ci_high"], mdd=test["mdd"])
-                row.update(welch_p=test["p"], verdict=test["verdict"])
+                row.update(_test_columns(compare(values, reference[epoch]), study["reference"], None))
             rows.append(row)
     return rows
 
@@ -429,7 +427,7 @@ def curves_table(study: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     head = "| arm | " + " | ".join(f"ep. {e}" for e in epochs) + " |\n|---|" + "---:|" * len(epochs)
 
-    def line(arm: str, text: Any) -> str:
+    def line(arm: str, text: Callable[[dict[str, Any]], str]) -> str:
         return f"| `{arm}` | " + " | ".join(text(cell[arm, e]) if (arm, e) in cell else "-" for e in epochs) + " |"
 
     def diff(r: dict[str, Any]) -> str:
